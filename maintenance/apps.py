@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class MaintenanceConfig(AppConfig):
+    name = "maintenance"
+    verbose_name = "Maintenance"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,93 @@
+"""`make run`: the whole system on one machine, stopped together by Ctrl-C.
+
+Starts an embedded Redis when REDIS_URL is unset, migrates, creates a first superuser
+when there is none, then runs the web server (uvicorn, ASGI) on 127.0.0.1:$PORT, one
+worker and the cron process. If any of them dies, all are stopped.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.embedded_redis import ROOT, embedded_redis
+
+PYTHON = sys.executable
+MANAGE = [PYTHON, str(ROOT / "manage.py")]
+
+
+def services(port: str) -> dict[str, list[str]]:
+    return {
+        "web": [PYTHON, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
+                "--port", port, "--no-access-log"],
+        "worker": [*MANAGE, "rqworker", "high", "default", "low", "--with-scheduler"],
+        "cron": [*MANAGE, "rqcron", "taskqueue.cron"],
+    }  # fmt: skip
+
+
+def stop_all(children: dict[str, subprocess.Popen]) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for child in children.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(max(0.1, deadline - time.monotonic()))
+    for child in children.values():  # the process group: a worker's work horse too
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+
+
+def serve(env: dict[str, str]) -> int:
+    subprocess.run([*MANAGE, "migrate", "--no-input", "-v", "0"], env=env, check=True)
+    subprocess.run([*MANAGE, "ensure_superuser"], env=env, check=True)
+    port = env.get("PORT", "8000")
+    children: dict[str, subprocess.Popen] = {}
+    stopping = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        for name, command in services(port).items():
+            children[name] = subprocess.Popen(command, env=env, start_new_session=True)
+        print(
+            f"\n  Web:    http://127.0.0.1:{port}/admin/   API: http://127.0.0.1:{port}/api/\n"
+            "  Try:    .venv/bin/python manage.py enqueue_task ping --wait\n"
+            "  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        while not stopping:
+            dead = [name for name, child in children.items() if child.poll() is not None]
+            if dead:
+                print(f"{', '.join(dead)} exited; stopping everything.", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        print("Stopping…", file=sys.stderr)
+        stop_all(children)
+
+
+def main() -> None:
+    env = dict(os.environ)
+    if env.get("REDIS_URL"):
+        sys.exit(serve(env))
+    with embedded_redis(ROOT / "var" / "redis", persist=True) as url:
+        env["REDIS_URL"] = url
+        code = serve(env)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+
+
+class TaskQueueConfig(AppConfig):
+    name = "taskqueue"
+    verbose_name = "Task queue"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.utils.module_loading import autodiscover_modules
+
+        from taskqueue import checks  # noqa: F401  (registers the system checks)
+
+        # Task types live in each app's tasks.py; taskqueue never imports them by name.
+        autodiscover_modules("tasks")

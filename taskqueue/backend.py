@@ -1,0 +1,190 @@
+"""The RQ / Redis boundary: with execution.py, the only code that imports rq or redis.
+
+One Redis client per process (redis-py's pool is fork-safe), so the enqueue path never
+opens a connection per request.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import TYPE_CHECKING
+
+import redis
+from django.conf import settings
+from rq import Queue, Retry, get_current_job
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.timeouts import JobTimeoutException
+
+from taskqueue.conf import conf
+from taskqueue.exceptions import QueueUnavailable
+from taskqueue.registry import get_task_type
+
+if TYPE_CHECKING:
+    from taskqueue.models import Task
+
+logger = logging.getLogger(__name__)
+
+JOB_FUNCTION = "taskqueue.execution.run_task"
+LOCK_PREFIX = "taskqueue:lock:"
+RedisError = redis.RedisError
+
+_RELEASE_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+@cache
+def _client(url: str, pid: int) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=conf.REDIS_CONNECT_TIMEOUT,
+        socket_timeout=conf.REDIS_SOCKET_TIMEOUT,
+        health_check_interval=30,
+    )
+
+
+def get_connection() -> redis.Redis:
+    """This process's Redis client for REDIS_URL."""
+    return _client(settings.REDIS_URL, os.getpid())
+
+
+def get_queue(name: str) -> Queue:
+    return _queue(name, settings.REDIS_URL, os.getpid())
+
+
+@cache
+def _queue(name: str, url: str, pid: int) -> Queue:
+    return Queue(name, connection=get_connection())
+
+
+def dispatch(task: "Task", *, delay: int = 0) -> None:
+    """Enqueue the RQ job for the task's current dispatch; QueueUnavailable if Redis is down."""
+    retries = max(task.max_attempts - task.attempts - 1, 0)
+    backoff = get_task_type(task.task_type).policy.backoff
+    options = {
+        "job_id": task.job_id,
+        "args": (task.pk, task.dispatch),
+        "job_timeout": task.timeout,
+        "result_ttl": conf.RESULT_TTL,
+        "failure_ttl": conf.FAILURE_TTL,
+        "description": f"{task.task_type} #{task.pk}",
+        "retry": Retry(max=retries, interval=backoff.delays(retries)) if retries else None,
+    }
+    queue = get_queue(task.queue)
+    try:
+        if delay > 0:
+            queue.enqueue_in(timedelta(seconds=delay), JOB_FUNCTION, **options)
+        else:
+            queue.enqueue(JOB_FUNCTION, **options)
+    except RedisError as exc:
+        raise QueueUnavailable(f"Could not enqueue task {task.pk}: {exc}") from exc
+
+
+def delete_job(job_id: str) -> None:
+    """Cancel and delete a job that has not started; a missing job is fine."""
+    connection = get_connection()
+    try:
+        job = Job.fetch(job_id, connection=connection)
+        job.cancel(remove_from_queue=True)
+        job.delete(remove_from_queue=True)
+    except (NoSuchJobError, InvalidJobOperation):
+        pass
+    except RedisError as exc:
+        raise QueueUnavailable(f"Could not cancel job {job_id}: {exc}") from exc
+
+
+def stop_job(job_id: str) -> bool:
+    """Ask the worker running the job to kill its work horse; False if none runs it."""
+    try:
+        send_stop_job_command(get_connection(), job_id)
+    except (NoSuchJobError, InvalidJobOperation):
+        return False
+    except RedisError as exc:
+        raise QueueUnavailable(f"Could not send a stop for job {job_id}: {exc}") from exc
+    return True
+
+
+def acquire_lock(name: str, token: str, ttl: int) -> bool:
+    return bool(get_connection().set(LOCK_PREFIX + name, token, nx=True, ex=ttl))
+
+
+def release_lock(name: str, token: str) -> bool:
+    return bool(get_connection().eval(_RELEASE_SCRIPT, 1, LOCK_PREFIX + name, token))
+
+
+def is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, JobTimeoutException)
+
+
+@dataclass
+class JobContext:
+    """What the execution wrapper needs to know of the RQ job running it."""
+
+    job: Job | None
+
+    @property
+    def worker_name(self) -> str:
+        if self.job is not None and self.job.worker_name:
+            return self.job.worker_name
+        return f"inline@{os.uname().nodename}:{os.getpid()}"
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id if self.job is not None else f"inline-{os.getpid()}"
+
+    def retry_delay(self) -> int | None:
+        """Seconds until this job is retried if it fails now; None when it won't be.
+
+        Inline (no RQ job) the caller retries at once, within the attempts budget.
+        """
+        if self.job is None:
+            return 0
+        if not self.job.should_retry:
+            return None
+        return self.job.get_retry_interval()
+
+    def disable_retry(self) -> None:
+        """Make RQ treat the coming failure as final."""
+        if self.job is not None:
+            self.job.retries_left = 0
+
+
+def current_job() -> JobContext:
+    return JobContext(get_current_job())
+
+
+@dataclass
+class JobOutcome:
+    """What RQ says happened to a job whose work horse died."""
+
+    stopped: bool
+    retried: bool
+    timed_out: bool
+    retry_at: datetime | None
+
+
+def horse_outcome(job: Job, queue: Queue) -> JobOutcome:
+    """Read back RQ's decision after a work horse ended abnormally."""
+    try:
+        status = job.get_status(refresh=True)
+    except (InvalidJobOperation, NoSuchJobError):
+        status = None
+    retry_at = None
+    if status == JobStatus.SCHEDULED:
+        try:
+            retry_at = queue.scheduled_job_registry.get_scheduled_time(job)
+        except NoSuchJobError:
+            retry_at = None
+    started = job.started_at or datetime.now(tz=UTC)
+    elapsed = (job.ended_at or datetime.now(tz=UTC)) - started
+    return JobOutcome(
+        stopped=status == JobStatus.STOPPED,
+        retried=status in (JobStatus.SCHEDULED, JobStatus.QUEUED),
+        timed_out=bool(job.timeout and job.timeout > 0 and elapsed.total_seconds() >= job.timeout),
+        retry_at=retry_at,
+    )

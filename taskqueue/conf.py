@@ -1,0 +1,31 @@
+"""The TASKQUEUE settings dict, read at access time so override_settings works."""
+
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    "USE_TASK_QUEUE": True,
+    "TASK_TYPES": {},
+    "ENABLE_DIAGNOSTICS": False,
+    # Seconds RQ keeps a finished job's result and a failed job; the database keeps history.
+    "RESULT_TTL": 3600,
+    "FAILURE_TTL": 7 * 24 * 3600,
+    # An exclusive task that finds its type's lock taken is re-dispatched after this delay.
+    "EXCLUSIVE_RETRY_DELAY": 5,
+    # Bounds on Redis calls made on the request path, in seconds.
+    "REDIS_CONNECT_TIMEOUT": 2.0,
+    "REDIS_SOCKET_TIMEOUT": 10.0,
+}
+
+
+class TaskQueueSettings:
+    """Attribute access to TASKQUEUE[name], falling back to DEFAULTS."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"Unknown TASKQUEUE setting {name!r}")
+        return getattr(settings, "TASKQUEUE", {}).get(name, DEFAULTS[name])
+
+
+conf = TaskQueueSettings()

@@ -1,0 +1,1 @@
+"""Periodic jobs for `manage.py rqcron taskqueue.cron` (run exactly one such process)."""

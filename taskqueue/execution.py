@@ -1,0 +1,261 @@
+"""Worker side: the job wrapper that mirrors each attempt, and the worker class.
+
+The wrapper runs in RQ's work horse: it leases the task (a cancelled or superseded task
+never runs), calls the handler, records the outcome and re-raises so RQ's retry runs.
+The worker class records what the horse could not: its own death (killed, stopped, hard
+timeout). Database writes reuse the worker's connection: the horse inherits it across
+fork() and the parent never touches it while a horse lives.
+"""
+
+import json
+import logging
+import os
+import traceback
+from datetime import timedelta
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.utils import timezone
+from rq.worker import Worker as RQWorker
+
+from taskqueue import backend
+from taskqueue.conf import conf
+from taskqueue.exceptions import InvalidPayload, QueueUnavailable, TaskError, UnknownTaskType
+from taskqueue.models import Task
+from taskqueue.registry import TaskType, get_task_type
+
+logger = logging.getLogger(__name__)
+
+
+def run_task(task_id: int, dispatch: int = 0) -> dict[str, Any]:
+    """The RQ job function: run one attempt of task `task_id`."""
+    return run_attempt(task_id, dispatch, backend.current_job())
+
+
+def run_inline(task_id: int) -> None:
+    """Run a task in this process, attempts back to back (USE_TASK_QUEUE off)."""
+    context = backend.JobContext(job=None)
+    task = Task.objects.filter(pk=task_id).first()
+    for _ in range(task.max_attempts if task else 0):
+        task.refresh_from_db()
+        if task.status not in Task.WAITING_STATUSES:
+            return
+        try:
+            run_attempt(task_id, task.dispatch, context)
+        except Exception:  # recorded on the task; inline there is no RQ to re-raise to
+            logger.info("Inline attempt of task %s failed", task_id, exc_info=True)
+
+
+def run_attempt(task_id: int, dispatch: int, context: backend.JobContext) -> dict[str, Any]:
+    task = _load_task(task_id)
+    if task is None or task.status not in Task.WAITING_STATUSES or task.dispatch != dispatch:
+        status = task.status if task else "missing"
+        logger.info("Task %s not run: %s (dispatch %s)", task_id, status, dispatch)
+        return {"skipped": status}
+    try:
+        spec = get_task_type(task.task_type)
+    except UnknownTaskType as exc:
+        return _fail_unrunnable(task, dispatch, context, "unknown_task_type", str(exc))
+    lock = task.task_type if spec.policy.exclusive and context.job is not None else None
+    if lock and not backend.acquire_lock(lock, context.job_id, ttl=task.timeout + 120):
+        return _defer(task)
+    try:
+        attempt = task.lease(dispatch=dispatch, worker_name=context.worker_name)
+        if attempt is None:
+            return {"skipped": "lease refused"}
+        return _perform(task, spec, attempt.number, context)
+    finally:
+        if lock:
+            _release(lock, context.job_id)
+        _reset_connections()
+
+
+def _perform(
+    task: Task, spec: TaskType, number: int, context: backend.JobContext
+) -> dict[str, Any]:
+    try:
+        payload = spec.validate_payload(task.payload)
+        result = _json_object(spec.handler(**payload))
+    except Exception as exc:
+        _record_failure(task, number, exc, context)
+        raise
+    try:
+        task.complete(attempt=number, result=result)
+    except DatabaseError:
+        # RQ keeps the result; the reconciler copies it into the mirror.
+        logger.exception("Task %s completed but its result could not be recorded", task.pk)
+    return result
+
+
+def _record_failure(task: Task, number: int, exc: Exception, context: backend.JobContext) -> None:
+    code, retryable = _classify(exc)
+    delay = context.retry_delay() if retryable and task.attempts < task.max_attempts else None
+    if delay is None:
+        context.disable_retry()
+    retry_at = timezone.now() + timedelta(seconds=delay) if delay is not None else None
+    message = exc.message if isinstance(exc, TaskError) else f"{type(exc).__name__}: {exc}"
+    try:
+        task.fail(
+            attempt=number,
+            error_code=code,
+            error_message=message,
+            traceback=traceback.format_exc(),
+            retry_at=retry_at,
+        )
+    except DatabaseError:
+        logger.exception("Task %s failed (%s) and that could not be recorded", task.pk, code)
+
+
+def _classify(exc: Exception) -> tuple[str, bool]:
+    """(error_code, retryable) for an exception raised by an attempt."""
+    if backend.is_timeout(exc):
+        return "timeout", True
+    if isinstance(exc, TaskError):
+        return exc.code, exc.retryable
+    if isinstance(exc, InvalidPayload):
+        return "invalid_payload", False
+    return "exception", True
+
+
+def _json_object(result: Any) -> dict[str, Any]:
+    if result is None:
+        return {}
+    if not isinstance(result, dict):
+        raise TaskError(
+            "invalid_result", f"The handler returned {type(result).__name__}, not a dict."
+        )
+    try:
+        return json.loads(json.dumps(result, cls=DjangoJSONEncoder))
+    except (TypeError, ValueError) as exc:
+        raise TaskError("invalid_result", f"The result is not JSON: {exc}") from None
+
+
+def _fail_unrunnable(
+    task: Task, dispatch: int, context: backend.JobContext, code: str, message: str
+) -> dict[str, Any]:
+    attempt = task.lease(dispatch=dispatch, worker_name=context.worker_name)
+    if attempt is not None:
+        task.fail(attempt=attempt.number, error_code=code, error_message=message)
+    context.disable_retry()
+    return {"skipped": code}
+
+
+def _defer(task: Task) -> dict[str, Any]:
+    """Another task of this exclusive type runs: try again later under a new job."""
+    delay = conf.EXCLUSIVE_RETRY_DELAY
+    if task.redispatch():
+        try:
+            backend.dispatch(task, delay=delay)
+        except QueueUnavailable:
+            logger.warning("Task %s deferred but not re-dispatched; the reconciler will", task.pk)
+    return {"deferred": delay}
+
+
+def _release(lock: str, token: str) -> None:
+    try:
+        backend.release_lock(lock, token)
+    except backend.RedisError:
+        logger.warning("Could not release lock %s; it expires by itself", lock)
+
+
+def _load_task(task_id: int) -> Task | None:
+    """Read the task, reconnecting once if the inherited connection is dead."""
+    try:
+        return Task.objects.filter(pk=task_id).first()
+    except (OperationalError, InterfaceError):
+        _close_connections()
+        return Task.objects.filter(pk=task_id).first()
+
+
+def _close_connections() -> None:
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+
+
+def _reset_connections() -> None:
+    """Leave the connection the way the next horse expects it: idle, in autocommit."""
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is not None and (
+            connection.in_atomic_block or not connection.get_autocommit()
+        ):
+            connection.close()
+
+
+def _prepare_connections_for_fork() -> None:
+    """Give the horse a live connection to inherit; SQLite files are reopened per horse."""
+    for connection in connections.all():
+        if connection.vendor == "sqlite":
+            connection.close()
+            continue
+        try:
+            if connection.connection is not None and not connection.is_usable():
+                connection.close()
+            connection.ensure_connection()
+        except DatabaseError:
+            connection.close()  # the horse will try to connect by itself
+
+
+class Worker(RQWorker):
+    """RQ's forking worker that keeps one DB connection and records dead work horses."""
+
+    _horse_status: int | None = None
+
+    def fork_work_horse(self, job: Any, queue: Any) -> None:
+        _prepare_connections_for_fork()
+        self._horse_status = None
+        super().fork_work_horse(job, queue)
+
+    def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
+        pid, status, rusage = super().wait_for_horse()
+        if pid:
+            self._horse_status = status
+        return pid, status, rusage
+
+    def monitor_work_horse(self, job: Any, queue: Any) -> None:
+        super().monitor_work_horse(job, queue)
+        if self._horse_status != os.EX_OK and job.func_name == backend.JOB_FUNCTION:
+            try:
+                record_dead_horse(job, queue, self._horse_status)
+            except Exception:
+                logger.exception("Could not record the end of job %s", job.id)
+
+
+def record_dead_horse(job: Any, queue: Any, exit_status: int | None) -> None:
+    """The horse of `job` died before recording its attempt: record it from here."""
+    task_id, dispatch = [*job.args, 0][:2]
+    outcome = backend.horse_outcome(job, queue)
+    _close_connections()  # the horse may have died mid-query on the shared connection
+    task = Task.objects.filter(pk=task_id, dispatch=dispatch, status=Task.Status.LEASED).first()
+    if task is None:
+        return
+    if outcome.stopped:
+        task.stopped(attempt=task.attempts)
+    else:
+        code = "timeout" if outcome.timed_out else "worker_lost"
+        retry_at = None
+        if outcome.retried and task.attempts < task.max_attempts:
+            retry_at = outcome.retry_at or timezone.now()
+        task.fail(
+            attempt=task.attempts,
+            error_code=code,
+            error_message=f"The work horse died without finishing ({_describe(exit_status)}).",
+            retry_at=retry_at,
+        )
+    logger.warning(
+        "Task %s: attempt %s ended by the worker (%s)", task.pk, task.attempts, task.error_code
+    )
+    try:
+        spec = get_task_type(task.task_type)
+    except UnknownTaskType:
+        return
+    if spec.policy.exclusive:
+        _release(task.task_type, job.id)
+
+
+def _describe(exit_status: int | None) -> str:
+    if exit_status is None:
+        return "killed by the worker"
+    if os.WIFSIGNALED(exit_status):
+        return f"killed by signal {os.WTERMSIG(exit_status)}"
+    return f"exit code {os.waitstatus_to_exitcode(exit_status)}"

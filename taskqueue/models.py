@@ -1,0 +1,256 @@
+"""Task and TaskAttempt: the durable record of every job, and its state machine.
+
+Every state change is one conditional UPDATE (`filter(pk=…, status__in=allowed_from)`)
+that says whether it applied, so late, duplicate or out-of-order events are harmless and
+terminal states never move. Nothing outside these methods assigns `status`.
+"""
+
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+MESSAGE_LIMIT = 2000
+TRACEBACK_LIMIT = 20000
+
+
+class TaskQuerySet(models.QuerySet):
+    def active(self) -> "TaskQuerySet":
+        return self.filter(status__in=Task.ACTIVE_STATUSES)
+
+    def waiting(self) -> "TaskQuerySet":
+        return self.filter(status__in=Task.WAITING_STATUSES)
+
+    def terminal(self) -> "TaskQuerySet":
+        return self.filter(status__in=Task.TERMINAL_STATUSES)
+
+    def finished_before(self, moment: datetime) -> "TaskQuerySet":
+        return self.terminal().filter(finished_at__lt=moment)
+
+
+class Task(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        LEASED = "leased", "Running"
+        RETRYING = "retrying", "Retrying"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    WAITING_STATUSES = (Status.QUEUED, Status.RETRYING)
+    ACTIVE_STATUSES = (Status.QUEUED, Status.LEASED, Status.RETRYING)
+    TERMINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+    task_type = models.CharField(max_length=100)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    payload = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    result = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+    error_code = models.CharField(max_length=50, blank=True)
+    error_message = models.TextField(blank=True)
+    error_traceback = models.TextField(blank=True, help_text="Shown in the admin only.")
+
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=1)
+    priority = models.SmallIntegerField(default=3)
+    queue = models.CharField(max_length=32, default="default")
+    timeout = models.PositiveIntegerField(default=60, help_text="Seconds per attempt.")
+    # Generation of the RQ job: a re-dispatch bumps it, so a stale job never runs.
+    dispatch = models.PositiveIntegerField(default=0)
+    # Set for exclusive types: one active task per (type, payload).
+    dedup_key = models.CharField(max_length=64, null=True, blank=True, editable=False)  # noqa: DJ001
+
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    stop_requested_at = models.DateTimeField(null=True, blank=True)
+
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    source = models.CharField(max_length=100, blank=True, help_text="api, admin, shell, schedule:N")
+    retry_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
+    )
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["-created_at"], name="taskqueue_task_created"),
+            models.Index(fields=["status", "-created_at"], name="taskqueue_task_status"),
+            models.Index(fields=["task_type", "-created_at"], name="taskqueue_task_type"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dedup_key"],
+                condition=Q(status__in=["queued", "leased", "retrying"]),
+                name="taskqueue_task_one_active_per_dedup_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_type} #{self.pk} ({self.status})"
+
+    @property
+    def job_id(self) -> str:
+        """The RQ job id of the current dispatch, derived from the task id."""
+        return job_id_for(self.pk, self.dispatch)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL_STATUSES
+
+    def _transition(
+        self, allowed_from: tuple[str, ...], values: dict[str, Any], **match: Any
+    ) -> bool:
+        """One conditional UPDATE; on success mirror plain values onto this instance."""
+        applied = (
+            Task.objects.filter(pk=self.pk, status__in=allowed_from, **match).update(**values) == 1
+        )
+        if applied:
+            for name, value in values.items():
+                if not hasattr(value, "resolve_expression"):
+                    setattr(self, name, value)
+        return applied
+
+    def lease(self, *, dispatch: int, worker_name: str) -> "TaskAttempt | None":
+        """queued/retrying → leased for a new attempt, if `dispatch` is still current."""
+        now = timezone.now()
+        number = self.attempts + 1
+        with transaction.atomic():
+            applied = self._transition(
+                self.WAITING_STATUSES,
+                {
+                    "status": self.Status.LEASED,
+                    "attempts": F("attempts") + 1,
+                    "started_at": Coalesce(F("started_at"), now),
+                    "next_attempt_at": None,
+                },
+                dispatch=dispatch,
+                attempts=self.attempts,
+            )
+            if not applied:
+                return None
+            self.attempts = number
+            self.started_at = self.started_at or now
+            return TaskAttempt.objects.create(
+                task=self, number=number, started_at=now, worker_name=worker_name[:200]
+            )
+
+    def complete(self, *, attempt: int, result: dict[str, Any]) -> bool:
+        """leased → completed with the handler's JSON result."""
+        return self._end_attempt(attempt, self.Status.COMPLETED, {"result": result})
+
+    def fail(
+        self,
+        *,
+        attempt: int,
+        error_code: str,
+        error_message: str,
+        traceback: str = "",
+        retry_at: datetime | None = None,
+    ) -> bool:
+        """leased → retrying (when `retry_at` is given) or failed."""
+        status = self.Status.RETRYING if retry_at else self.Status.FAILED
+        values = {
+            "error_code": error_code,
+            "error_message": error_message[:MESSAGE_LIMIT],
+            "error_traceback": traceback[-TRACEBACK_LIMIT:],
+            "next_attempt_at": retry_at,
+        }
+        return self._end_attempt(attempt, status, values)
+
+    def stopped(self, *, attempt: int) -> bool:
+        """leased → cancelled: the worker confirmed it stopped the attempt."""
+        values = {"error_code": "stopped", "error_message": "Stopped while running."}
+        return self._end_attempt(attempt, self.Status.CANCELLED, values)
+
+    def _end_attempt(self, number: int, status: str, values: dict[str, Any]) -> bool:
+        now = timezone.now()
+        if status in self.TERMINAL_STATUSES:
+            values["finished_at"] = now
+        values["status"] = status
+        with transaction.atomic():
+            if not self._transition((self.Status.LEASED,), values, attempts=number):
+                return False
+            outcome = {
+                self.Status.COMPLETED: TaskAttempt.Outcome.COMPLETED,
+                self.Status.CANCELLED: TaskAttempt.Outcome.STOPPED,
+            }.get(status, TaskAttempt.Outcome.FAILED)
+            TaskAttempt.objects.filter(task=self, number=number).update(
+                outcome=outcome,
+                finished_at=now,
+                error_code=values.get("error_code", ""),
+                error_message=values.get("error_message", ""),
+            )
+        return True
+
+    def cancel(self, *, by: Any = None) -> bool:
+        """queued/retrying → cancelled, before any worker took it."""
+        values = {
+            "status": self.Status.CANCELLED,
+            "finished_at": timezone.now(),
+            "next_attempt_at": None,
+            "cancelled_by": by,
+        }
+        return self._transition(self.WAITING_STATUSES, values)
+
+    def request_stop(self, *, by: Any = None) -> bool:
+        """Record that a stop of the running attempt was asked for (it stays leased)."""
+        values = {"stop_requested_at": timezone.now(), "cancelled_by": by}
+        return self._transition((self.Status.LEASED,), values, stop_requested_at__isnull=True)
+
+    def redispatch(self) -> bool:
+        """Move a waiting task to a new RQ job generation (the old job will not run it)."""
+        applied = self._transition(
+            self.WAITING_STATUSES, {"dispatch": F("dispatch") + 1}, dispatch=self.dispatch
+        )
+        if applied:
+            self.dispatch += 1
+        return applied
+
+
+def job_id_for(task_id: int, dispatch: int) -> str:
+    return f"task-{task_id}" if dispatch == 0 else f"task-{task_id}-{dispatch}"
+
+
+class TaskAttempt(models.Model):
+    class Outcome(models.TextChoices):
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        STOPPED = "stopped", "Stopped"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="attempt_set")
+    number = models.PositiveIntegerField()
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.RUNNING)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    worker_name = models.CharField(max_length=200, blank=True)
+    error_code = models.CharField(max_length=50, blank=True)
+    error_message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["task", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "number"], name="taskqueue_attempt_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of task #{self.task_id} ({self.outcome})"
+
+    @property
+    def duration(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()

@@ -1,0 +1,178 @@
+"""Task types: a stable name, a handler, a payload serializer and a policy.
+
+Apps register their types in their `tasks.py` (autodiscovered); settings may override a
+type's policy through `TASKQUEUE["TASK_TYPES"][name]`, read at access time.
+"""
+
+import dataclasses
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rest_framework import serializers
+
+from taskqueue.conf import conf
+from taskqueue.exceptions import InvalidPayload, UnknownTaskType
+
+Handler = Callable[..., dict[str, Any] | None]
+
+# Priority (higher = more urgent) → RQ queue. Workers listen to them in this order.
+QUEUES = ("high", "default", "low")
+
+
+def queue_for_priority(priority: int) -> str:
+    if priority >= 5:
+        return "high"
+    if priority >= 2:
+        return "default"
+    return "low"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter between attempts, in seconds."""
+
+    base: float = 10.0
+    factor: float = 2.0
+    maximum: float = 600.0
+    jitter: float = 0.25
+
+    def delays(self, retries: int) -> list[int]:
+        """The delay before each of `retries` retries, jitter drawn now."""
+        return [
+            max(
+                0,
+                round(
+                    min(self.maximum, self.base * self.factor**i)
+                    * random.uniform(1 - self.jitter, 1 + self.jitter)
+                ),
+            )
+            for i in range(retries)
+        ]
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_attempts: int = 1
+    timeout: int = 60
+    priority: int = 3
+    backoff: Backoff = field(default_factory=Backoff)
+    exclusive: bool = False
+    # The permission ("app_label.codename") a user needs to trigger this type.
+    permission: str | None = None
+
+    @property
+    def queue(self) -> str:
+        return queue_for_priority(self.priority)
+
+    def errors(self) -> list[str]:
+        """What is wrong with this policy, in words; empty when it is valid."""
+        problems = []
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            problems.append(f"max_attempts must be an integer >= 1, not {self.max_attempts!r}")
+        if not isinstance(self.timeout, int) or self.timeout < 1:
+            problems.append(f"timeout must be an integer >= 1 (seconds), not {self.timeout!r}")
+        if not isinstance(self.priority, int):
+            problems.append(f"priority must be an integer, not {self.priority!r}")
+        b = self.backoff
+        numbers = (b.base, b.factor, b.maximum, b.jitter)
+        if not all(isinstance(n, (int, float)) and n >= 0 for n in numbers) or b.jitter > 1:
+            problems.append("backoff needs base, factor, maximum >= 0 and 0 <= jitter <= 1")
+        return problems
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Policy":
+        """This policy with settings overrides applied; ValueError on unknown keys."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown policy keys {unknown}; known: {sorted(known)}")
+        values = dict(overrides)
+        if isinstance(values.get("backoff"), dict):
+            try:
+                values["backoff"] = dataclasses.replace(self.backoff, **values["backoff"])
+            except TypeError as exc:
+                raise ValueError(f"bad backoff: {exc}") from None
+        return dataclasses.replace(self, **values)
+
+
+class PayloadSerializer(serializers.Serializer):
+    """Base for payload serializers: unknown fields are an error, not ignored."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data or {}) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return attrs
+
+
+@dataclass(frozen=True)
+class TaskType:
+    name: str
+    handler: Handler
+    serializer: type[serializers.Serializer] | None
+    base_policy: Policy
+    description: str = ""
+
+    @property
+    def policy(self) -> Policy:
+        overrides = conf.TASK_TYPES.get(self.name)
+        return self.base_policy.with_overrides(overrides) if overrides else self.base_policy
+
+    def validate_payload(self, payload: Any) -> dict[str, Any]:
+        """The cleaned payload, or InvalidPayload with field messages."""
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, dict):
+            raise InvalidPayload({"payload": ["Expected a JSON object."]})
+        if self.serializer is None:
+            if payload:
+                raise InvalidPayload({name: ["Unknown field."] for name in sorted(payload)})
+            return {}
+        serializer = self.serializer(data=payload)
+        if not serializer.is_valid():
+            raise InvalidPayload(dict(serializer.errors))
+        return dict(serializer.validated_data)
+
+
+_registry: dict[str, TaskType] = {}
+
+
+def register(
+    name: str,
+    *,
+    serializer: type[serializers.Serializer] | None = None,
+    description: str = "",
+    **policy: Any,
+) -> Callable[[Handler], Handler]:
+    """Decorator: register `handler` as the task type `name` with its policy."""
+
+    def decorator(handler: Handler) -> Handler:
+        if name in _registry and _registry[name].handler is not handler:
+            raise ValueError(f"Task type {name!r} is already registered")
+        summary = (handler.__doc__ or "").strip().split("\n", 1)[0]
+        _registry[name] = TaskType(
+            name=name,
+            handler=handler,
+            serializer=serializer,
+            base_policy=Policy(**policy),
+            description=description or summary,
+        )
+        return handler
+
+    return decorator
+
+
+def unregister(name: str) -> None:
+    _registry.pop(name, None)
+
+
+def get_task_type(name: str) -> TaskType:
+    try:
+        return _registry[name]
+    except KeyError:
+        raise UnknownTaskType(f"Unknown task type {name!r}.") from None
+
+
+def task_types() -> list[TaskType]:
+    return sorted(_registry.values(), key=lambda t: t.name)

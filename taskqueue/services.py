@@ -1,0 +1,147 @@
+"""Public services of the engine: enqueue, cancel and retry tasks."""
+
+import hashlib
+import json
+import logging
+from functools import partial
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, transaction
+
+from taskqueue import backend
+from taskqueue.conf import conf
+from taskqueue.exceptions import InvalidTransition, QueueUnavailable, TaskNotFound
+from taskqueue.models import Task
+from taskqueue.registry import get_task_type, queue_for_priority
+
+logger = logging.getLogger(__name__)
+
+CANCELLED = "cancelled"
+STOPPING = "stopping"
+
+
+def enqueue_task(
+    task_type: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    requested_by: Any = None,
+    source: str = "",
+    retry_of: Task | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    timeout: int | None = None,
+) -> tuple[Task, bool]:
+    """Record a task and enqueue its job once the caller's transaction commits.
+
+    Returns (task, created): for an exclusive type, a request identical to an active task
+    returns that task with created=False. Raises UnknownTaskType or InvalidPayload. If Redis
+    is down the task stays queued with no job, for the reconciler to dispatch; with
+    USE_TASK_QUEUE off it runs inline before this returns.
+    """
+    spec = get_task_type(task_type)
+    policy = spec.policy
+    cleaned = spec.validate_payload(payload)
+    dedup_key = _dedup_key(task_type, cleaned) if policy.exclusive else None
+    if dedup_key and (existing := Task.objects.active().filter(dedup_key=dedup_key).first()):
+        return existing, False
+    priority = policy.priority if priority is None else priority
+    fields = {
+        "task_type": task_type,
+        "payload": cleaned,
+        "max_attempts": max_attempts or policy.max_attempts,
+        "timeout": timeout or policy.timeout,
+        "priority": priority,
+        "queue": queue_for_priority(priority),
+        "dedup_key": dedup_key,
+        "requested_by": requested_by,
+        "source": source[:100],
+        "retry_of": retry_of,
+    }
+    try:
+        with transaction.atomic():
+            task = Task.objects.create(**fields)
+    except IntegrityError:
+        existing = Task.objects.active().filter(dedup_key=dedup_key).first() if dedup_key else None
+        if existing is None:
+            raise
+        return existing, False
+    if conf.USE_TASK_QUEUE:
+        transaction.on_commit(partial(_dispatch, task))
+    else:
+        from taskqueue.execution import run_inline  # worker-side module, loaded only here
+
+        transaction.on_commit(partial(run_inline, task.pk))
+    return task, True
+
+
+def _dedup_key(task_type: str, payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, cls=DjangoJSONEncoder)
+    return hashlib.sha256(f"{task_type}\n{canonical}".encode()).hexdigest()
+
+
+def _dispatch(task: Task) -> None:
+    try:
+        backend.dispatch(task)
+    except QueueUnavailable as exc:
+        logger.warning("Task %s stays queued until Redis is back: %s", task.pk, exc)
+
+
+def _get(task: Task | int) -> Task:
+    if isinstance(task, Task):
+        return task
+    try:
+        return Task.objects.get(pk=task)
+    except (Task.DoesNotExist, ValueError, TypeError):
+        raise TaskNotFound(f"Task {task} does not exist.") from None
+
+
+def cancel_task(task: Task | int, *, by: Any = None) -> str:
+    """Cancel a waiting task at once, or ask the worker to stop a running one.
+
+    Returns CANCELLED (the task is now cancelled) or STOPPING (a stop was sent; the task
+    stays leased until the worker confirms). Asking again while stopping is harmless.
+    Raises InvalidTransition for a terminal task.
+    """
+    task = _get(task)
+    for _ in range(3):  # the task may move between our read and our UPDATE
+        if task.status in Task.WAITING_STATUSES and task.cancel(by=by):
+            transaction.on_commit(partial(_quietly, backend.delete_job, task.job_id))
+            return CANCELLED
+        if task.status == Task.Status.LEASED:
+            task.request_stop(by=by)
+            transaction.on_commit(partial(_quietly, backend.stop_job, task.job_id))
+            return STOPPING
+        if task.is_terminal:
+            break
+        task.refresh_from_db()
+    raise InvalidTransition(
+        f"Task {task.pk} is {task.status}; only queued, retrying or running tasks can be cancelled."
+    )
+
+
+def _quietly(action: Any, job_id: str) -> None:
+    try:
+        action(job_id)
+    except QueueUnavailable as exc:
+        logger.warning("%s: the reconciler will finish this: %s", action.__name__, exc)
+
+
+def retry_task(task: Task | int, *, by: Any = None, source: str = "") -> Task:
+    """A new task with the same type and payload as a terminal one (`retry_of` links them)."""
+    task = _get(task)
+    if not task.is_terminal:
+        raise InvalidTransition(
+            f"Task {task.pk} is {task.status}; only finished tasks can be retried."
+        )
+    new_task, _ = enqueue_task(
+        task.task_type,
+        task.payload,
+        requested_by=by,
+        source=source or task.source,
+        retry_of=task,
+        priority=task.priority,
+        max_attempts=task.max_attempts,
+        timeout=task.timeout,
+    )
+    return new_task
