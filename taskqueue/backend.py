@@ -86,12 +86,10 @@ def dispatch(task: "Task", *, delay: int = 0) -> None:
 
 
 def delete_job(job_id: str) -> None:
-    """Cancel and delete a job that has not started; a missing job is fine."""
+    """Delete a job that has not started (queued or scheduled); a missing job is fine."""
     connection = get_connection()
     try:
-        job = Job.fetch(job_id, connection=connection)
-        job.cancel(remove_from_queue=True)
-        job.delete(remove_from_queue=True)
+        Job.fetch(job_id, connection=connection).delete(remove_from_queue=True)
     except (NoSuchJobError, InvalidJobOperation):
         pass
     except RedisError as exc:

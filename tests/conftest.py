@@ -1,0 +1,96 @@
+"""Shared fixtures: a real Redis (flushed around each test), workers, the test database URL."""
+
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.helpers import ROOT, stop_process_group, subprocess_env
+
+# Keys this project writes: RQ's, our locks, the cache's. Anything else is someone's data.
+OUR_PREFIXES = (b"rq:", b"taskqueue:", b"cache:")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def diagnostics() -> None:
+    """Register the diagnostic task types (off by default outside tests)."""
+    from taskqueue.tasks import register_diagnostics
+
+    register_diagnostics()
+
+
+@pytest.fixture(scope="session")
+def redis_connection() -> redis.Redis:
+    from taskqueue import backend
+
+    conn = backend.get_connection()
+    try:
+        conn.ping()
+    except redis.RedisError as exc:
+        pytest.exit(f"No Redis at REDIS_URL ({exc}); run the suite with `make test`.", returncode=3)
+    foreign = [key for key in conn.scan_iter(count=1000) if not key.startswith(OUR_PREFIXES)]
+    if foreign:
+        pytest.exit(
+            f"The Redis database at REDIS_URL holds keys that are not ours ({foreign[:3]}); "
+            "refusing to flush it. Point REDIS_URL at an empty database index.",
+            returncode=3,
+        )
+    return conn
+
+
+@pytest.fixture
+def redis_db(redis_connection: redis.Redis) -> Iterator[redis.Redis]:
+    redis_connection.flushdb()
+    yield redis_connection
+    redis_connection.flushdb()
+
+
+@pytest.fixture
+def run_worker(redis_db: redis.Redis) -> Callable[..., None]:
+    """Drain the queues with our forking worker in burst mode, in this process."""
+    from taskqueue import backend
+    from taskqueue.execution import Worker
+    from taskqueue.registry import QUEUES
+
+    def run(**kwargs: object) -> None:
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        worker = Worker([backend.get_queue(name) for name in QUEUES], connection=redis_db)
+        try:
+            worker.work(burst=True, **kwargs)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    return run
+
+
+@pytest.fixture
+def worker_process(
+    redis_db: redis.Redis, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start real `manage.py rqworker` processes; stopped (whole process group) after."""
+    processes: list[subprocess.Popen] = []
+
+    def start(*args: str, name: str | None = None) -> subprocess.Popen:
+        log = (tmp_path / f"worker-{len(processes)}.log").open("w")
+        command = [sys.executable, "manage.py", "rqworker", "high", "default", "low", *args]
+        if name:
+            command += ["--name", name]
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=subprocess_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        stop_process_group(process)

@@ -1,0 +1,86 @@
+"""Real `manage.py rqworker` processes: stop, exclusivity, and the shell command."""
+
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from taskqueue.models import Task
+from taskqueue.services import STOPPING, cancel_task, enqueue_task
+from tests.helpers import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def status_of(task: Task) -> str:
+    return Task.objects.get(pk=task.pk).status
+
+
+def test_stopping_a_running_task_ends_it_cancelled_stopped(worker_process) -> None:
+    task, _ = enqueue_task("diagnostic", {"action": "sleep", "seconds": 60}, max_attempts=3)
+    worker_process()
+    wait_for(lambda: status_of(task) == "leased")
+    assert cancel_task(task, by=None) == STOPPING
+    assert cancel_task(task) == STOPPING  # asking again while it stops is harmless
+    wait_for(lambda: status_of(task) == "cancelled", timeout=20)
+    task.refresh_from_db()
+    assert task.error_code == "stopped"
+    assert task.attempts == 1  # a stopped task is not retried
+    assert task.attempt_set.get().outcome == "stopped"
+
+
+def test_two_exclusive_tasks_never_overlap(worker_process, tmp_path: Path) -> None:
+    markers = [f"excl-{tmp_path.name}-{n}" for n in (1, 2)]
+    tasks = [
+        enqueue_task("diagnostic_exclusive", {"action": "sleep", "seconds": 1.5, "marker": m})[0]
+        for m in markers
+    ]
+    worker_process("--with-scheduler")
+    worker_process("--with-scheduler")
+    wait_for(lambda: all(status_of(t) == "completed" for t in tasks), timeout=60)
+    spans = []
+    for marker in markers:
+        path = Path(settings.VAR_DIR) / "diagnostics" / marker
+        lines = path.read_text().split()
+        path.unlink()
+        spans.append((float(lines[1]), float(lines[4])))
+    (_, first_end), (second_start, _) = sorted(spans)
+    assert first_end <= second_start, f"exclusive runs overlapped: {spans}"
+
+
+def test_the_shell_command_waits_for_the_result(worker_process, capsys) -> None:
+    worker_process()
+    call_command("enqueue_task", "ping", "--wait", "--wait-timeout", "30")
+    out = capsys.readouterr().out
+    assert '"status": "completed"' in out
+    assert '"pong": true' in out
+
+
+def test_the_shell_command_exits_non_zero_when_the_task_fails(worker_process, capsys) -> None:
+    worker_process()
+    with pytest.raises(CommandError) as caught:
+        call_command(
+            "enqueue_task", "diagnostic", "--set", "action=fail", "--wait", "--wait-timeout", "30"
+        )
+    assert caught.value.returncode == 1
+    assert '"error_code": "exception"' in capsys.readouterr().out
+
+
+def test_the_shell_command_explains_bad_input() -> None:
+    with pytest.raises(CommandError, match=r"Registered types: .*ping"):
+        call_command("enqueue_task", "nope")
+    with pytest.raises(CommandError, match="Invalid payload"):
+        call_command("enqueue_task", "diagnostic", "--set", "seconds=-1")
+    with pytest.raises(CommandError, match="NAME=VALUE"):
+        call_command("enqueue_task", "ping", "--set", "oops")
+
+
+def test_tasks_wait_queued_while_no_worker_runs_then_complete(worker_process) -> None:
+    task, _ = enqueue_task("ping")
+    time.sleep(1)
+    assert status_of(task) == "queued"
+    worker_process()
+    wait_for(lambda: status_of(task) == "completed")

@@ -1,0 +1,209 @@
+"""The execution wrapper and worker class, run by a real forking RQ worker (burst mode)."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from rq.job import Job
+
+from taskqueue import backend
+from taskqueue.models import Task
+from taskqueue.services import cancel_task, enqueue_task, retry_task
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def witness(marker: str) -> list[str]:
+    path = Path(settings.VAR_DIR) / "diagnostics" / marker
+    return path.read_text().split("\n")[:-1] if path.exists() else []
+
+
+@pytest.fixture
+def marker(request: pytest.FixtureRequest) -> str:
+    name = f"{request.node.name}-{os.getpid()}-{time.monotonic_ns()}"
+    yield name
+    (Path(settings.VAR_DIR) / "diagnostics" / name).unlink(missing_ok=True)
+
+
+def test_ping_runs_to_completed_with_its_result(run_worker) -> None:
+    task, _ = enqueue_task("ping")
+    run_worker()
+    task.refresh_from_db()
+    assert task.status == "completed"
+    assert task.result["pong"] is True
+    attempt = task.attempt_set.get()
+    assert attempt.outcome == "completed"
+    assert attempt.worker_name == task.result["worker"]
+    assert task.started_at <= attempt.finished_at == task.finished_at
+
+
+def test_a_failing_handler_is_retried_with_every_attempt_recorded(run_worker) -> None:
+    task, _ = enqueue_task("diagnostic", {"action": "fail"})
+    run_worker()
+    task.refresh_from_db()
+    assert (task.status, task.attempts, task.error_code) == ("failed", 3, "exception")
+    assert "diagnostic failure on request" in task.error_message
+    assert "RuntimeError" in task.error_traceback
+    assert [(a.number, a.outcome, a.error_code) for a in task.attempt_set.all()] == [
+        (1, "failed", "exception"),
+        (2, "failed", "exception"),
+        (3, "failed", "exception"),
+    ]
+    failed = backend.get_queue("default").failed_job_registry.get_job_ids()
+    assert failed == [task.job_id]
+
+
+def test_an_overrunning_task_ends_failed_timeout_and_its_horse_is_gone(run_worker, marker) -> None:
+    task, _ = enqueue_task(
+        "diagnostic",
+        {"action": "sleep", "seconds": 30, "marker": marker},
+        timeout=1,
+        max_attempts=1,
+    )
+    started = time.monotonic()
+    run_worker()
+    assert time.monotonic() - started < 15
+    task.refresh_from_db()
+    assert (task.status, task.error_code) == ("failed", "timeout")
+    assert task.attempt_set.get().error_code == "timeout"
+    (start_line,) = witness(marker)
+    horse_pid = int(start_line.split()[2])
+    with pytest.raises(ProcessLookupError):
+        os.kill(horse_pid, 0)
+
+
+def test_a_cancelled_queued_task_never_runs(run_worker, marker) -> None:
+    task, _ = enqueue_task("diagnostic", {"marker": marker})
+    cancel_task(task)
+    run_worker()
+    assert witness(marker) == []
+    assert Task.objects.get(pk=task.pk).status == "cancelled"
+
+
+def test_a_task_cancelled_after_rq_has_its_job_still_never_runs(run_worker, marker) -> None:
+    task, _ = enqueue_task("diagnostic", {"marker": marker})
+    task.cancel()  # the database says cancelled, the job is still in Redis
+    assert backend.get_queue("default").get_job_ids() == [task.job_id]
+    run_worker()
+    assert witness(marker) == []
+    stored = Task.objects.get(pk=task.pk)
+    assert (stored.status, stored.attempts) == ("cancelled", 0)
+
+
+def test_a_superseded_dispatch_does_not_run(run_worker, marker) -> None:
+    task, _ = enqueue_task("diagnostic", {"marker": marker})
+    assert task.redispatch()  # e.g. the reconciler re-sent it: the first job is stale
+    backend.dispatch(task)
+    run_worker()
+    assert len([line for line in witness(marker) if line.startswith("start")]) == 1
+    task.refresh_from_db()
+    assert (task.status, task.attempts) == ("completed", 1)
+
+
+def test_a_killed_work_horse_is_recorded_worker_lost_and_retried(run_worker, marker) -> None:
+    task, _ = enqueue_task("diagnostic", {"action": "kill_once", "marker": marker}, max_attempts=2)
+    run_worker()
+    task.refresh_from_db()
+    assert task.status == "completed"
+    assert [(a.number, a.outcome, a.error_code) for a in task.attempt_set.all()] == [
+        (1, "failed", "worker_lost"),
+        (2, "completed", ""),
+    ]
+    assert "signal 9" in task.attempt_set.first().error_message
+
+
+def test_a_horse_that_exits_with_no_attempts_left_fails_worker_lost(run_worker) -> None:
+    task, _ = enqueue_task("diagnostic", {"action": "exit", "exit_code": 3}, max_attempts=1)
+    run_worker()
+    task.refresh_from_db()
+    assert (task.status, task.error_code, task.attempts) == ("failed", "worker_lost", 1)
+    assert "exit code 3" in task.error_message
+
+
+def test_a_manual_retry_runs_as_a_new_linked_task(run_worker) -> None:
+    task, _ = enqueue_task("diagnostic", {"action": "fail"}, max_attempts=1)
+    run_worker()
+    new = retry_task(task.pk)
+    run_worker()
+    task.refresh_from_db()
+    new.refresh_from_db()
+    assert (task.status, task.attempts) == ("failed", 1)
+    assert (new.status, new.attempts, new.retry_of_id) == ("failed", 1, task.pk)
+    assert list(task.retries.all()) == [new]
+
+
+def test_a_non_json_result_fails_the_task_clearly(run_worker) -> None:
+    from taskqueue.registry import register, unregister
+
+    register("returns_a_set", max_attempts=3)(lambda: {"value": {1, 2}})
+    try:
+        task, _ = enqueue_task("returns_a_set")
+        run_worker()
+    finally:
+        unregister("returns_a_set")
+    task.refresh_from_db()
+    assert (task.status, task.error_code, task.attempts) == ("failed", "invalid_result", 1)
+
+
+def test_a_task_whose_type_is_no_longer_registered_fails_without_retrying(run_worker) -> None:
+    task = Task.objects.create(task_type="vanished", max_attempts=3)
+    backend.get_queue("default").enqueue(
+        backend.JOB_FUNCTION, job_id=task.job_id, args=(task.pk, 0)
+    )
+    run_worker()
+    task.refresh_from_db()
+    assert (task.status, task.error_code) == ("failed", "unknown_task_type")
+
+
+def test_rq_keeps_results_only_for_the_configured_ttl(run_worker) -> None:
+    task, _ = enqueue_task("ping")
+    run_worker()
+    job = Job.fetch(task.job_id, connection=backend.get_connection())
+    ttl = backend.get_connection().ttl(job.key)
+    assert 0 < ttl <= settings.TASKQUEUE["RESULT_TTL"]
+
+
+def test_a_failed_attempt_waits_for_its_backoff_and_can_be_cancelled_meanwhile(run_worker) -> None:
+    from django.test import override_settings
+
+    backoff = {"diagnostic": {"backoff": {"base": 60, "jitter": 0}}}
+    with override_settings(TASKQUEUE={**settings.TASKQUEUE, "TASK_TYPES": backoff}):
+        task, _ = enqueue_task("diagnostic", {"action": "fail"})
+        run_worker()
+    task.refresh_from_db()
+    assert (task.status, task.attempts) == ("retrying", 1)
+    scheduled = backend.get_queue("default").scheduled_job_registry
+    assert scheduled.get_job_ids() == [task.job_id]
+    retry_at = scheduled.get_scheduled_time(task.job_id)
+    assert abs((retry_at - task.next_attempt_at).total_seconds()) < 2
+    failed_at = task.attempt_set.get().finished_at
+    assert 59 <= (task.next_attempt_at - failed_at).total_seconds() <= 61
+    cancel_task(task)
+    assert scheduled.get_job_ids() == []
+    assert Task.objects.get(pk=task.pk).status == "cancelled"
+
+
+def test_work_horses_reuse_the_worker_database_connection(run_worker) -> None:
+    """No new database connection per task: each horse inherits the worker's."""
+    from django.db import connection
+
+    from taskqueue.registry import register, unregister
+
+    if connection.vendor != "postgresql":
+        pytest.skip("connection reuse applies to server databases; SQLite reopens its file")
+
+    def backend_pid() -> dict:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return {"pid": cursor.fetchone()[0]}
+
+    register("backend_pid")(backend_pid)
+    try:
+        tasks = [enqueue_task("backend_pid")[0] for _ in range(3)]
+        run_worker()
+    finally:
+        unregister("backend_pid")
+    pids = {Task.objects.get(pk=t.pk).result["pid"] for t in tasks}
+    assert pids == {backend_pid()["pid"]}
