@@ -7,6 +7,8 @@ stops the server when COMMAND ends. With REDIS_URL already set, just runs COMMAN
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -18,6 +20,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("VAR_DIR") or ROOT / "var")
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the process that started it dies (Linux)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's own cleanup still stops the children
 
 
 def redis_server_binary() -> str:
@@ -70,7 +83,7 @@ def embedded_redis(directory: Path, *, persist: bool = False) -> Iterator[str]:
         "--appendonly", "yes" if persist else "no",
         "--maxmemory-policy", "noeviction",
     ]  # fmt: skip
-    process = subprocess.Popen(command, start_new_session=True)
+    process = subprocess.Popen(command, start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509
     try:
         deadline = time.monotonic() + 15
         while not _ping(sock):
@@ -101,7 +114,7 @@ def run(command: list[str], directory: Path, persist: bool) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=ROOT / "var" / "redis")
+    parser.add_argument("--dir", type=Path, default=VAR_DIR / "redis")
     parser.add_argument("--persist", action="store_true", help="Keep data across restarts.")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()

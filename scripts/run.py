@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.embedded_redis import ROOT, embedded_redis
+from scripts.embedded_redis import ROOT, VAR_DIR, die_with_parent, embedded_redis
 
 PYTHON = sys.executable
 MANAGE = [PYTHON, str(ROOT / "manage.py")]
@@ -60,7 +60,12 @@ def serve(env: dict[str, str]) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         for name, command in services(port).items():
-            children[name] = subprocess.Popen(command, env=env, start_new_session=True)
+            children[name] = subprocess.Popen(
+                command,
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509
+            )
         print(
             f"\n  Web:    http://127.0.0.1:{port}/admin/   API: http://127.0.0.1:{port}/api/\n"
             "  Try:    .venv/bin/python manage.py enqueue_task ping --wait\n"
@@ -83,7 +88,7 @@ def main() -> None:
     env = dict(os.environ)
     if env.get("REDIS_URL"):
         sys.exit(serve(env))
-    with embedded_redis(ROOT / "var" / "redis", persist=True) as url:
+    with embedded_redis(VAR_DIR / "redis", persist=True) as url:
         env["REDIS_URL"] = url
         code = serve(env)
     sys.exit(code)

@@ -21,7 +21,7 @@ from rq.timeouts import JobTimeoutException
 
 from taskqueue.conf import conf
 from taskqueue.exceptions import QueueUnavailable
-from taskqueue.registry import get_task_type
+from taskqueue.registry import QUEUES, get_task_type
 
 if TYPE_CHECKING:
     from taskqueue.models import Task
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 JOB_FUNCTION = "taskqueue.execution.run_task"
+# The key of the result a job returns when it did not run its task (cancelled, stale...).
+SKIPPED = "taskqueue_skipped"
 LOCK_PREFIX = "taskqueue:lock:"
 RedisError = redis.RedisError
 
@@ -186,3 +188,34 @@ def horse_outcome(job: Job, queue: Queue) -> JobOutcome:
         timed_out=bool(job.timeout and job.timeout > 0 and elapsed.total_seconds() >= job.timeout),
         retry_at=retry_at,
     )
+
+
+@dataclass
+class JobState:
+    """RQ's view of one job: its status (None when Redis has no such job)."""
+
+    status: str | None
+
+
+def job_states(job_ids: list[str]) -> dict[str, JobState]:
+    """The RQ status of each job, fetched in one round trip."""
+    jobs = Job.fetch_many(job_ids, connection=get_connection()) if job_ids else []
+    states = {}
+    for job_id, job in zip(job_ids, jobs, strict=True):
+        status = job.get_status(refresh=False) if job is not None else None
+        states[job_id] = JobState(status=status.value if status else None)
+    return states
+
+
+def job_result(job_id: str) -> object:
+    """The return value of a finished job, or None."""
+    try:
+        return Job.fetch(job_id, connection=get_connection()).return_value()
+    except NoSuchJobError:
+        return None
+
+
+def clean_started_registries() -> None:
+    """RQ's cleanup of jobs whose worker stopped heartbeating (retried or failed by RQ)."""
+    for name in QUEUES:
+        get_queue(name).started_job_registry.cleanup()

@@ -13,6 +13,11 @@ DEFAULTS: dict[str, Any] = {
     "FAILURE_TTL": 7 * 24 * 3600,
     # An exclusive task that finds its type's lock taken is re-dispatched after this delay.
     "EXCLUSIVE_RETRY_DELAY": 5,
+    # The reconciler leaves tasks younger than this alone (their job may be on its way),
+    # and gives up on an attempt this long past its timeout whatever RQ says.
+    "RECONCILE_GRACE": 30,
+    "LEASE_EXPIRY_MARGIN": 180,
+    "RECONCILE_BATCH": 1000,
     # Bounds on Redis calls made on the request path, in seconds.
     "REDIS_CONNECT_TIMEOUT": 2.0,
     "REDIS_SOCKET_TIMEOUT": 10.0,

@@ -52,7 +52,7 @@ def run_attempt(task_id: int, dispatch: int, context: backend.JobContext) -> dic
     if task is None or task.status not in Task.WAITING_STATUSES or task.dispatch != dispatch:
         status = task.status if task else "missing"
         logger.info("Task %s not run: %s (dispatch %s)", task_id, status, dispatch)
-        return {"skipped": status}
+        return {backend.SKIPPED: status}
     try:
         spec = get_task_type(task.task_type)
     except UnknownTaskType as exc:
@@ -63,7 +63,7 @@ def run_attempt(task_id: int, dispatch: int, context: backend.JobContext) -> dic
     try:
         attempt = task.lease(dispatch=dispatch, worker_name=context.worker_name)
         if attempt is None:
-            return {"skipped": "lease refused"}
+            return {backend.SKIPPED: "lease refused"}
         return _perform(task, spec, attempt.number, context)
     finally:
         if lock:
@@ -138,7 +138,7 @@ def _fail_unrunnable(
     if attempt is not None:
         task.fail(attempt=attempt.number, error_code=code, error_message=message)
     context.disable_retry()
-    return {"skipped": code}
+    return {backend.SKIPPED: code}
 
 
 def _defer(task: Task) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def _defer(task: Task) -> dict[str, Any]:
             backend.dispatch(task, delay=delay)
         except QueueUnavailable:
             logger.warning("Task %s deferred but not re-dispatched; the reconciler will", task.pk)
-    return {"deferred": delay}
+    return {backend.SKIPPED: "deferred", "retry_in": delay}
 
 
 def _release(lock: str, token: str) -> None:

@@ -29,6 +29,9 @@ class TaskQuerySet(models.QuerySet):
     def terminal(self) -> "TaskQuerySet":
         return self.filter(status__in=Task.TERMINAL_STATUSES)
 
+    def leased(self) -> "TaskQuerySet":
+        return self.filter(status=Task.Status.LEASED)
+
     def finished_before(self, moment: datetime) -> "TaskQuerySet":
         return self.terminal().filter(finished_at__lt=moment)
 
@@ -68,6 +71,9 @@ class Task(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    leased_at = models.DateTimeField(
+        null=True, blank=True, help_text="Start of the current attempt."
+    )
     stop_requested_at = models.DateTimeField(null=True, blank=True)
 
     requested_by = models.ForeignKey(
@@ -134,6 +140,7 @@ class Task(models.Model):
                     "status": self.Status.LEASED,
                     "attempts": F("attempts") + 1,
                     "started_at": Coalesce(F("started_at"), now),
+                    "leased_at": now,
                     "next_attempt_at": None,
                 },
                 dispatch=dispatch,

@@ -1,0 +1,123 @@
+"""The reconciler: every non-terminal task converges, whatever RQ or Redis did.
+
+Run every 60 s by `manage.py rqcron taskqueue.cron` (and by `manage.py reconcile_tasks`),
+under a Redis lock so that two cron processes never reconcile at once. The database is the
+source of truth; RQ's view of each task's current job decides what to do.
+"""
+
+import contextlib
+import logging
+import uuid
+from collections import Counter
+from datetime import timedelta
+
+from django.utils import timezone
+
+from taskqueue import backend
+from taskqueue.conf import conf
+from taskqueue.exceptions import QueueUnavailable
+from taskqueue.models import Task
+
+logger = logging.getLogger(__name__)
+
+LOCK = "reconcile"
+# Job states in which RQ will still run (or is running) the job.
+PENDING = {"queued", "scheduled", "deferred", "started"}
+
+
+def reconcile_tasks(*, limit: int | None = None) -> dict[str, int]:
+    """One reconciliation pass; returns how many tasks each action touched."""
+    token = uuid.uuid4().hex
+    try:
+        if not backend.acquire_lock(LOCK, token, ttl=300):
+            logger.info("Another reconciler is running; skipping this pass")
+            return {"skipped": 1}
+    except backend.RedisError as exc:
+        logger.warning("Reconciler: Redis unreachable (%s); will try again", exc)
+        return {"redis_unavailable": 1}
+    try:
+        counts = _reconcile(limit or conf.RECONCILE_BATCH)
+    except (backend.RedisError, QueueUnavailable) as exc:
+        logger.warning("Reconciler: Redis failed mid-pass (%s); will try again", exc)
+        counts = Counter(redis_unavailable=1)
+    finally:
+        with contextlib.suppress(backend.RedisError):
+            backend.release_lock(LOCK, token)
+    if counts:
+        logger.warning("Reconciler acted: %s", dict(counts))
+    return dict(counts)
+
+
+def _reconcile(limit: int) -> Counter:
+    counts: Counter = Counter()
+    backend.clean_started_registries()
+    now = timezone.now()
+    waiting = list(
+        Task.objects.waiting()
+        .filter(created_at__lt=now - timedelta(seconds=conf.RECONCILE_GRACE))
+        .order_by("created_at")[:limit]
+    )
+    leased = list(Task.objects.leased().order_by("leased_at")[:limit])
+    states = backend.job_states([task.job_id for task in waiting + leased])
+    for task in waiting:
+        if states[task.job_id].status not in PENDING:
+            _redispatch(task, counts, "dispatched")
+    for task in leased:
+        _reconcile_leased(task, states[task.job_id].status, counts)
+    return counts
+
+
+def _reconcile_leased(task: Task, status: str | None, counts: Counter) -> None:
+    now = timezone.now()
+    expired = task.leased_at and now > task.leased_at + timedelta(
+        seconds=task.timeout + conf.LEASE_EXPIRY_MARGIN
+    )
+    if status == "started" and not expired:
+        if task.stop_requested_at and now - task.stop_requested_at > timedelta(
+            seconds=conf.RECONCILE_GRACE
+        ):
+            backend.stop_job(task.job_id)
+            counts["stop_resent"] += 1
+        return
+    if status == "finished":
+        result = backend.job_result(task.job_id)
+        if isinstance(result, dict) and backend.SKIPPED not in result:
+            if task.complete(attempt=task.attempts, result=result):
+                counts["outcome_copied"] += 1
+            return
+        if not expired:
+            return  # a stale duplicate finished; the attempt's own horse may still run
+    _end_lost_attempt(task, status, counts)
+
+
+def _end_lost_attempt(task: Task, status: str | None, counts: Counter) -> None:
+    """The attempt's horse is gone and nobody recorded its end: record it now."""
+    if task.stop_requested_at:
+        if task.stopped(attempt=task.attempts):
+            counts["stopped"] += 1
+        return
+    code = "redis_lost" if status is None else "worker_lost"
+    retry = task.attempts < task.max_attempts
+    message = (
+        "Redis lost the job of this attempt."
+        if status is None
+        else f"The worker running this attempt was lost (RQ status: {status})."
+    )
+    now = timezone.now()
+    if not task.fail(
+        attempt=task.attempts,
+        error_code=code,
+        error_message=message,
+        retry_at=now if retry else None,
+    ):
+        return
+    counts[code] += 1
+    if retry and status not in ("queued", "scheduled"):  # else RQ already re-queued the job
+        _redispatch(task, counts, "redispatched")
+
+
+def _redispatch(task: Task, counts: Counter, action: str) -> None:
+    if task.redispatch():
+        backend.dispatch(task)
+        counts[action] += 1
+        logger.warning("Reconciler: task %s %s as job %s", task.pk, action, task.job_id)

@@ -1,0 +1,74 @@
+"""`make run`'s launcher: the whole system starts, runs a task, and Ctrl-C leaves nothing."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+import psutil
+import pytest
+
+from tests.helpers import ROOT, stop_process_group, subprocess_env, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except OSError:
+        return None
+
+
+def test_run_serves_web_worker_cron_and_ctrl_c_stops_everything() -> None:
+    var_dir = tempfile.mkdtemp(prefix="tq-run-")  # short: unix socket paths are limited
+    port = free_port()
+    env = subprocess_env(VAR_DIR=var_dir, PORT=str(port))
+    env.pop("REDIS_URL")  # the launcher starts its own embedded Redis
+    log = open(os.path.join(var_dir, "run.log"), "w")  # noqa: SIM115
+    launcher = subprocess.Popen(
+        [sys.executable, "scripts/run.py"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: http_status(f"http://127.0.0.1:{port}/admin/login/") == 200, timeout=60)
+        children = psutil.Process(launcher.pid).children(recursive=True)
+        names = {" ".join(p.cmdline()) for p in children}
+        for part in ("redis-server", "uvicorn", "rqworker", "rqcron"):
+            assert any(part in name for name in names), f"{part} not running: {names}"
+        ping = subprocess.run(  # noqa: PLW1510
+            [sys.executable, "manage.py", "enqueue_task", "ping", "--wait", "--wait-timeout", "30"],
+            cwd=ROOT,
+            env={**env, "REDIS_URL": f"unix://{var_dir}/redis/redis.sock"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        assert '"status": "completed"' in ping.stdout
+        descendants = psutil.Process(launcher.pid).children(recursive=True)
+        os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        launcher.wait(30)
+        _, alive = psutil.wait_procs(descendants, timeout=10)
+        assert alive == [], f"left behind: {[p.cmdline() for p in alive]}"
+        assert launcher.returncode == 0
+    finally:
+        if launcher.poll() is None:
+            stop_process_group(launcher)
+        log.close()
+        shutil.rmtree(var_dir, ignore_errors=True)
