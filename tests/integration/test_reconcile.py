@@ -1,0 +1,99 @@
+"""The reconciler against a real Redis and a real (burst) worker."""
+
+import pytest
+from django.test import override_settings
+from rq.job import Job
+
+from taskqueue import backend
+from taskqueue.models import Task
+from taskqueue.services import enqueue_task, reconcile_tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+NO_GRACE = override_settings(TASKQUEUE={"RECONCILE_GRACE": 0})
+
+
+@NO_GRACE
+def test_a_task_accepted_while_redis_was_down_is_dispatched_and_runs(run_worker) -> None:
+    with override_settings(REDIS_URL="redis://127.0.0.1:1/0"):
+        task, _ = enqueue_task("ping")
+    assert backend.get_queue("default").count == 0
+    assert reconcile_tasks() == {"dispatched": 1}
+    assert reconcile_tasks() == {}  # its job is there now
+    run_worker()
+    task.refresh_from_db()
+    assert (task.status, task.dispatch, task.attempts) == ("completed", 1, 1)
+
+
+@NO_GRACE
+def test_young_tasks_are_left_alone(redis_db) -> None:
+    with override_settings(REDIS_URL="redis://127.0.0.1:1/0"):
+        enqueue_task("ping")
+    with override_settings(TASKQUEUE={"RECONCILE_GRACE": 3600}):
+        assert reconcile_tasks() == {}
+
+
+def lease(task: Task) -> Task:
+    task.refresh_from_db()
+    assert task.lease(dispatch=task.dispatch, worker_name="gone") is not None
+    return task
+
+
+@NO_GRACE
+def test_a_running_task_whose_job_vanished_is_redispatched_as_redis_lost(run_worker) -> None:
+    task, _ = enqueue_task("diagnostic", {"action": "succeed"})
+    lease(task)
+    Job.fetch(task.job_id, connection=backend.get_connection()).delete()
+    assert reconcile_tasks() == {"redis_lost": 1, "redispatched": 1}
+    run_worker()
+    task.refresh_from_db()
+    assert task.status == "completed"
+    assert [(a.outcome, a.error_code) for a in task.attempt_set.all()] == [
+        ("failed", "redis_lost"),
+        ("completed", ""),
+    ]
+
+
+@NO_GRACE
+def test_a_lost_attempt_with_no_attempts_left_fails(redis_db) -> None:
+    task, _ = enqueue_task("ping")
+    lease(task)
+    Job.fetch(task.job_id, connection=backend.get_connection()).delete()
+    assert reconcile_tasks() == {"redis_lost": 1}
+    task.refresh_from_db()
+    assert (task.status, task.error_code) == ("failed", "redis_lost")
+
+
+@NO_GRACE
+def test_an_outcome_rq_knows_but_the_mirror_missed_is_copied(run_worker) -> None:
+    task, _ = enqueue_task("ping")
+    run_worker()
+    # As if the database write after the handler had failed: the mirror still says leased.
+    Task.objects.filter(pk=task.pk).update(status="leased", result=None, finished_at=None)
+    assert reconcile_tasks() == {"outcome_copied": 1}
+    task.refresh_from_db()
+    assert task.status == "completed"
+    assert task.result["pong"] is True
+
+
+@NO_GRACE
+def test_a_stop_requested_of_a_task_whose_worker_is_gone_ends_cancelled(redis_db) -> None:
+    task, _ = enqueue_task("ping")
+    lease(task)
+    task.request_stop()
+    Job.fetch(task.job_id, connection=backend.get_connection()).delete()
+    assert reconcile_tasks() == {"stopped": 1}
+    task.refresh_from_db()
+    assert (task.status, task.error_code) == ("cancelled", "stopped")
+
+
+def test_only_one_reconciler_runs_at_a_time(redis_db) -> None:
+    assert backend.acquire_lock("reconcile", "someone-else", ttl=30)
+    assert reconcile_tasks() == {"skipped": 1}
+    backend.release_lock("reconcile", "someone-else")
+    assert reconcile_tasks() == {}
+
+
+@override_settings(REDIS_URL="redis://127.0.0.1:1/0")
+def test_with_redis_down_the_reconciler_reports_and_waits(db) -> None:
+    assert reconcile_tasks() == {"redis_unavailable": 1}
