@@ -93,7 +93,13 @@ TASKQUEUE = {
     "FAILURE_TTL": env_int("TASKQUEUE_FAILURE_TTL", 7 * 24 * 3600),
 }
 
-MAINTENANCE = {}
+LOG_DIR = Path(env_str("LOG_DIR") or VAR_DIR / "log")
+
+MAINTENANCE = {
+    "ARTIFACTS_DIR": env_str("ARTIFACTS_DIR") or VAR_DIR / "artifacts",
+    "TEMP_DIR": env_str("TEMP_DIR") or VAR_DIR / "tmp",
+    "LOG_DIR": LOG_DIR,
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -126,10 +132,18 @@ WHITENOISE_USE_FINDERS = True
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"},
+    "formatters": {"line": {"()": "maintenance.logs.LineFormatter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "line"},
+        # The documented format (docs/operations.md), rotated at 10 MB into .gz files:
+        # what log_statistics reads.
+        "file": {
+            "()": "maintenance.logs.SharedRotatingFileHandler",
+            "filename": str(LOG_DIR / "app.log"),
+            "maxBytes": 10 * 1024 * 1024,
+            "backupCount": 20,
+            "formatter": "line",
+        },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL") or "INFO"},
-    "loggers": {"rq.worker": {"level": "WARNING"}},
+    "root": {"handlers": ["console", "file"], "level": env_str("LOG_LEVEL") or "INFO"},
 }

@@ -6,6 +6,7 @@ opens a connection per request.
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -219,3 +220,81 @@ def clean_started_registries() -> None:
     """RQ's cleanup of jobs whose worker stopped heartbeating (retried or failed by RQ)."""
     for name in QUEUES:
         get_queue(name).started_job_registry.cleanup()
+
+
+def queue_snapshot() -> list[dict]:
+    """Per queue: waiting jobs, the age of the oldest, and RQ's registries' sizes."""
+    snapshot = []
+    now = datetime.now(tz=UTC)
+    for name in QUEUES:
+        queue = get_queue(name)
+        oldest_id = queue.connection.lindex(queue.key, 0)
+        oldest_age = None
+        if oldest_id:
+            job = Job.fetch_many([oldest_id.decode()], connection=queue.connection)[0]
+            if job is not None and job.enqueued_at:
+                oldest_age = max(0.0, (now - job.enqueued_at.replace(tzinfo=UTC)).total_seconds())
+        snapshot.append(
+            {
+                "name": name,
+                "depth": queue.count,
+                "oldest_age_seconds": oldest_age,
+                "scheduled": queue.scheduled_job_registry.count,
+                "started": queue.started_job_registry.count,
+                "failed": queue.failed_job_registry.count,
+            }
+        )
+    return snapshot
+
+
+def worker_snapshot() -> list[dict]:
+    """The workers registered in Redis, with their heartbeat age in seconds."""
+    from rq.worker import Worker
+
+    now = datetime.now(tz=UTC)
+    workers = []
+    for worker in Worker.all(connection=get_connection()):
+        beat = worker.last_heartbeat
+        workers.append(
+            {
+                "name": worker.name,
+                "hostname": worker.hostname,
+                "pid": worker.pid,
+                "state": worker.get_state(),
+                "current_job": worker.get_current_job_id(),
+                "queues": worker.queue_names(),
+                "heartbeat_age_seconds": (
+                    (now - beat.replace(tzinfo=UTC)).total_seconds() if beat else None
+                ),
+            }
+        )
+    return sorted(workers, key=lambda w: w["name"])
+
+
+def cron_snapshot() -> list[dict]:
+    """The rqcron processes registered in Redis, with their heartbeat age."""
+    from rq.cron import CronScheduler
+
+    now = datetime.now(tz=UTC)
+    result = []
+    for scheduler in CronScheduler.all(get_connection()):
+        beat = scheduler.last_heartbeat
+        age = (now - beat.replace(tzinfo=UTC)).total_seconds() if beat else None
+        result.append({"name": scheduler.name, "heartbeat_age_seconds": age})
+    return result
+
+
+def redis_snapshot() -> dict:
+    """PING latency and memory of the Redis server (no address, no credentials)."""
+    connection = get_connection()
+    started = time.perf_counter()
+    connection.ping()
+    latency = time.perf_counter() - started
+    info = connection.info()
+    return {
+        "latency_ms": round(latency * 1000, 3),
+        "version": info.get("redis_version"),
+        "used_memory_bytes": info.get("used_memory"),
+        "maxmemory_bytes": info.get("maxmemory"),
+        "maxmemory_policy": info.get("maxmemory_policy"),
+    }

@@ -75,6 +75,10 @@ class Task(models.Model):
         null=True, blank=True, help_text="Start of the current attempt."
     )
     stop_requested_at = models.DateTimeField(null=True, blank=True)
+    progress = models.FloatField(
+        null=True, blank=True, help_text="Percent, reported by the handler."
+    )
+    progress_message = models.CharField(max_length=200, blank=True)
 
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -216,6 +220,13 @@ class Task(models.Model):
         """Record that a stop of the running attempt was asked for (it stays leased)."""
         values = {"stop_requested_at": timezone.now(), "cancelled_by": by}
         return self._transition((self.Status.LEASED,), values, stop_requested_at__isnull=True)
+
+    def report_progress(self, *, attempt: int, percent: float | None, message: str) -> bool:
+        """Record the running attempt's progress (ignored once the attempt has ended)."""
+        values = {"progress_message": message[:200]}
+        if percent is not None:
+            values["progress"] = max(0.0, min(100.0, float(percent)))
+        return self._transition((self.Status.LEASED,), values, attempts=attempt)
 
     def redispatch(self) -> bool:
         """Move a waiting task to a new RQ job generation (the old job will not run it)."""

@@ -6,6 +6,7 @@ type's policy through `TASKQUEUE["TASK_TYPES"][name]`, read at access time.
 
 import dataclasses
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,21 @@ class Policy:
             except TypeError as exc:
                 raise ValueError(f"bad backoff: {exc}") from None
         return dataclasses.replace(self, **values)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer given as a JSON integer or a string of digits (query parameters).
+
+    Unlike DRF's IntegerField it refuses booleans, floats (1.5, 1e309) and "1.0".
+    """
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, int) and not isinstance(data, bool):
+            return data
+        if isinstance(data, str) and re.fullmatch(r"[+-]?\d{1,30}", data.strip()):
+            return int(data)
+        self.fail("invalid")
+        raise AssertionError("unreachable")  # self.fail raises
 
 
 class PayloadSerializer(serializers.Serializer):

@@ -1,0 +1,385 @@
+"""The four maintenance operations: plain typed functions returning JSON-able results.
+
+Registered as task types in maintenance/tasks.py; callable directly too.
+"""
+
+import errno
+import os
+import re
+import shutil
+import stat
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.db import connection, models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from maintenance import fs
+from maintenance.conf import conf
+from maintenance.logs import LogSummary, log_files, read_lines
+from maintenance.models import PendingArtifactRemoval
+from taskqueue.exceptions import TaskError
+from taskqueue.progress import report_progress
+from taskqueue.services import monitoring
+
+
+def checked_root(setting: str) -> Path:
+    """A configured root, created when it is the default under VAR_DIR; TaskError if unsafe."""
+    path = getattr(conf, setting)
+    var_dir = Path(settings.VAR_DIR)
+    if not path.exists() and path.is_absolute() and path.parent == var_dir:
+        path.mkdir(parents=True, exist_ok=True)
+    try:
+        return fs.check_root(path, project_dir=settings.BASE_DIR, var_dir=var_dir, name=setting)
+    except fs.UnsafeRoot as exc:
+        raise TaskError(exc.code, exc.message, retryable=False) from None
+
+
+def run_model() -> type[models.Model]:
+    return apps.get_model(conf.RUN_MODEL)
+
+
+class Report:
+    """Counts, skip reasons and a bounded list of errors, shared by the file operations."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.skipped: Counter = Counter()
+        self.errors: list[str] = []
+
+    def error(self, where: str, exc: OSError) -> None:
+        self.skipped[_reason(exc)] += 1
+        if len(self.errors) < conf.MAX_ERRORS_REPORTED:
+            self.errors.append(f"{fs.describe(where)}: {exc.strerror or exc}")
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return "permission_denied"
+    if fs.is_missing(exc):
+        return "vanished"
+    return "symlink_or_changed" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else "error"
+
+
+# cleanup_runs ------------------------------------------------------------------------
+
+
+def cleanup_runs(max_age_hours: int = 24, dry_run: bool = False) -> dict[str, Any]:
+    """Delete finished runs older than the cutoff, with their artifact directories."""
+    cutoff = timezone.now() - timedelta(hours=max_age_hours)
+    root = checked_root("ARTIFACTS_DIR")
+    model = run_model()
+    old = model.objects.filter(status__in=conf.RUN_FINISHED_STATUSES).filter(
+        Q(finished_at__lt=cutoff) | Q(finished_at__isnull=True, created_at__lt=cutoff)
+    )
+    total = old.count()
+    report = Report()
+    with fs.open_dir(root) as root_fd:
+        _remove_pending_artifacts(root_fd, root, report)  # left by an interrupted run
+        last_pk = None
+        while True:
+            batch = old.order_by("pk")
+            if last_pk is not None:
+                batch = batch.filter(pk__gt=last_pk)
+            rows = list(batch.values_list("pk", "artifacts_dir")[: conf.CLEANUP_BATCH_SIZE])
+            if not rows:
+                break
+            last_pk = rows[-1][0]
+            if dry_run:
+                report.counts["runs"] += len(rows)
+                for _, path in rows:
+                    _remove_artifacts(root_fd, root, path, report, dry_run=True)
+            else:
+                _delete_batch(old, [pk for pk, _ in rows], report)
+                _remove_pending_artifacts(root_fd, root, report)
+            report_progress(
+                100 * report.counts["runs"] / max(total, 1), f"{report.counts['runs']} runs"
+            )
+    return {
+        "cutoff": cutoff.isoformat(),
+        "max_age_hours": max_age_hours,
+        "dry_run": dry_run,
+        "runs_deleted": report.counts["runs"],
+        "artifact_dirs_removed": report.counts["dirs"],
+        "bytes_removed": report.counts["bytes"],
+        "skipped": dict(report.skipped),
+        "errors": report.errors,
+    }
+
+
+def _delete_batch(old: models.QuerySet, ids: list[int], report: Report) -> None:
+    """Delete a batch of runs and journal their directories, in one transaction."""
+    with transaction.atomic():
+        rows = list(old.filter(pk__in=ids).select_for_update().values_list("pk", "artifacts_dir"))
+        PendingArtifactRemoval.objects.bulk_create(
+            [PendingArtifactRemoval(path=path) for _, path in rows if path]
+        )
+        old.model.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
+    report.counts["runs"] += len(rows)
+
+
+def _remove_pending_artifacts(root_fd: int, root: Path, report: Report) -> None:
+    while pending := list(PendingArtifactRemoval.objects.order_by("pk")[:500]):
+        for item in pending:
+            _remove_artifacts(root_fd, root, item.path, report, dry_run=False)
+        PendingArtifactRemoval.objects.filter(pk__in=[item.pk for item in pending]).delete()
+
+
+def _remove_artifacts(
+    root_fd: int, root: Path, path: str, report: Report, *, dry_run: bool
+) -> None:
+    if not path:
+        return
+    parts = fs.relative_parts(path, root)
+    if parts is None:
+        report.skipped["outside_root"] += 1
+        return
+    try:
+        size = fs.remove_below(root_fd, parts, dry_run=dry_run)
+    except OSError as exc:
+        report.error(path, exc)
+        return
+    if size is not None:
+        report.counts["dirs"] += 1
+        report.counts["bytes"] += size
+
+
+# cleanup_temp_files ------------------------------------------------------------------
+
+
+def cleanup_temp_files(max_age_hours: int = 24, dry_run: bool = False) -> dict[str, Any]:
+    """Delete old regular files under TEMP_DIR and the directories that leaves empty."""
+    root = checked_root("TEMP_DIR")
+    cutoff = time.time() - max_age_hours * 3600
+    with fs.open_dir(root) as root_fd:
+        sweep = _Sweep(cutoff, dry_run, device=os.fstat(root_fd).st_dev)
+        sweep.directory(root_fd, "", 0)
+    report = sweep.report
+    return {
+        "cutoff": datetime.fromtimestamp(cutoff, tz=UTC).isoformat(),
+        "max_age_hours": max_age_hours,
+        "dry_run": dry_run,
+        "files_removed": report.counts["files"],
+        "links_removed": report.counts["links"],
+        "dirs_removed": report.counts["dirs"],
+        "bytes_freed": report.counts["bytes"],
+        "kept_recent": report.counts["recent"],
+        "skipped": dict(report.skipped),
+        "errors": report.errors,
+    }
+
+
+class _Sweep:
+    """A depth-first walk by directory file descriptors; never opens a non-directory."""
+
+    def __init__(self, cutoff: float, dry_run: bool, *, device: int) -> None:
+        self.cutoff = cutoff
+        self.device = device  # never cross into another file system
+        self.dry_run = dry_run
+        self.report = Report()
+        self.seen = 0
+
+    def directory(self, fd: int, path: str, depth: int) -> tuple[bool, bool]:
+        """Sweep one directory; (it is now empty, something in it was removed)."""
+        try:
+            names = [entry.name for entry in os.scandir(fd)]
+        except OSError as exc:
+            self.report.error(path or ".", exc)
+            return False, False
+        kept = removed = 0
+        for name in names:
+            where = f"{path}/{name}" if path else name
+            if self._entry(fd, name, where, depth):
+                removed += 1
+            else:
+                kept += 1
+        return kept == 0, removed > 0
+
+    def _entry(self, fd: int, name: str, where: str, depth: int) -> bool:
+        """Sweep one entry; True when it is (or would be) gone."""
+        self.seen += 1
+        if self.seen % 5000 == 0:
+            report_progress(None, f"{self.seen} entries examined")
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                return self._subdirectory(fd, name, where, st, depth)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                self.report.skipped["special_file"] += 1
+                return False
+            if st.st_mtime >= self.cutoff:
+                self.report.counts["recent"] += 1
+                return False
+            if not self.dry_run:
+                os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            self.report.skipped["vanished"] += 1
+            return True
+        except OSError as exc:
+            self.report.error(where, exc)
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            self.report.counts["links"] += 1
+        else:
+            self.report.counts["files"] += 1
+            self.report.counts["bytes"] += st.st_size if st.st_nlink <= 1 else 0
+        return True
+
+    def _subdirectory(self, fd: int, name: str, where: str, st: os.stat_result, depth: int) -> bool:
+        if st.st_dev != self.device:
+            self.report.skipped["mount_point"] += 1
+            return False
+        if depth >= conf.MAX_TREE_DEPTH:
+            self.report.skipped["too_deep"] += 1
+            return False
+        with fs.open_dir(name, dir_fd=fd) as sub:
+            opened = os.fstat(sub)
+            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                self.report.skipped["symlink_or_changed"] += 1
+                return False
+            empty, removed_any = self.directory(sub, where, depth + 1)
+        if not empty or not (removed_any or st.st_mtime < self.cutoff):
+            return False
+        if not self.dry_run:
+            os.rmdir(name, dir_fd=fd)
+        self.report.counts["dirs"] += 1
+        return True
+
+
+# health_check ------------------------------------------------------------------------
+
+
+def health_check() -> dict[str, Any]:
+    """Check and time the database, Redis, queues, workers, cron, disks and failure rate."""
+    checks: dict[str, dict[str, Any]] = {}
+    for name, probe in _PROBES:
+        started = time.perf_counter()
+        try:
+            check = probe()
+        except Exception as exc:  # a probe that raises is a failed check, not a failed task
+            check = {"status": "down" if name in ("database", "redis") else "degraded"}
+            check["reason"] = f"{type(exc).__name__}: {_redact(str(exc))}"
+        check["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        checks[name] = check
+    statuses = {check["status"] for check in checks.values()}
+    overall = "down" if "down" in statuses else "degraded" if "degraded" in statuses else "ok"
+    reasons = [f"{name}: {c['reason']}" for name, c in checks.items() if c["status"] != "ok"]
+    return {"status": overall, "reasons": reasons, "checks": checks}
+
+
+def _redact(text: str) -> str:
+    """Drop anything that looks like a URL or a password from an error message."""
+    text = re.sub(r"\b[a-z][a-z0-9+.-]*://\S+", "<url>", text, flags=re.IGNORECASE)
+    return re.sub(r"password\S*", "<redacted>", text, flags=re.IGNORECASE)[:300]
+
+
+def _check_database() -> dict[str, Any]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+    return {"status": "ok", "vendor": connection.vendor}
+
+
+def _check_redis() -> dict[str, Any]:
+    return {"status": "ok", **monitoring.redis_stats()}
+
+
+def _check_queues() -> dict[str, Any]:
+    queues = monitoring.queue_stats()
+    limit = conf.QUEUE_MAX_AGE_SECONDS
+    late = [q["name"] for q in queues if (q["oldest_age_seconds"] or 0) > limit]
+    check: dict[str, Any] = {"status": "degraded" if late else "ok", "queues": queues}
+    if late:
+        check["reason"] = f"oldest job waits more than {limit}s on {', '.join(late)}"
+    return check
+
+
+def _check_workers() -> dict[str, Any]:
+    workers = monitoring.worker_stats(stale_after=conf.WORKER_STALE_SECONDS)
+    alive = [w for w in workers if w["alive"]]
+    check: dict[str, Any] = {"status": "ok" if alive else "degraded", "alive": len(alive)}
+    check["workers"] = workers
+    if not alive:
+        check["reason"] = "no worker is alive"
+    return check
+
+
+def _check_cron() -> dict[str, Any]:
+    schedulers = monitoring.cron_stats(stale_after=conf.CRON_STALE_SECONDS)
+    alive = [s for s in schedulers if s["alive"]]
+    check: dict[str, Any] = {"status": "ok" if alive else "degraded", "alive": len(alive)}
+    check["schedulers"] = schedulers
+    if not alive:
+        check["reason"] = "no cron process is alive (reconciler and schedules are not running)"
+    elif len(alive) > 1:
+        check["status"] = "degraded"
+        check["reason"] = f"{len(alive)} cron processes run; run exactly one"
+    return check
+
+
+def _check_disks() -> dict[str, Any]:
+    disks, low = {}, []
+    for setting in ("TEMP_DIR", "LOG_DIR", "ARTIFACTS_DIR"):
+        path = getattr(conf, setting)
+        target = path if path.exists() else path.parent
+        usage = shutil.disk_usage(target)
+        percent = 100 * usage.free / usage.total if usage.total else 0.0
+        ok = percent >= conf.DISK_MIN_FREE_PERCENT and usage.free >= conf.DISK_MIN_FREE_BYTES
+        disks[setting] = {"free_bytes": usage.free, "free_percent": round(percent, 2), "ok": ok}
+        if not ok:
+            low.append(setting)
+    check: dict[str, Any] = {"status": "degraded" if low else "ok", "disks": disks}
+    if low:
+        check["reason"] = f"low free space for {', '.join(low)}"
+    return check
+
+
+def _check_failure_rate() -> dict[str, Any]:
+    rate = monitoring.failure_rate(timedelta(hours=1))
+    finished = rate["completed"] + rate["failed"]
+    threshold = conf.FAILURE_RATE_THRESHOLD
+    high = finished >= conf.FAILURE_RATE_MIN_TASKS and rate["rate"] > threshold
+    check: dict[str, Any] = {"status": "degraded" if high else "ok", **rate, "threshold": threshold}
+    if high:
+        check["reason"] = f"{rate['rate']:.0%} of tasks failed in the last hour (> {threshold:.0%})"
+    return check
+
+
+_PROBES = [
+    ("database", _check_database),
+    ("redis", _check_redis),
+    ("queues", _check_queues),
+    ("workers", _check_workers),
+    ("cron", _check_cron),
+    ("disks", _check_disks),
+    ("failure_rate", _check_failure_rate),
+]
+
+
+# log_statistics ----------------------------------------------------------------------
+
+
+def log_statistics(hours: int = 24) -> dict[str, Any]:
+    """Counts by level and logger, top errors, over the project's logs of the last hours."""
+    since = timezone.now() - timedelta(hours=hours)
+    files = log_files(conf.LOG_DIR, conf.LOG_FILE_NAME, since=since)
+    summary = LogSummary(since, max_distinct=conf.LOG_MAX_DISTINCT_MESSAGES)
+    total = sum(path.stat().st_size for path in files) or 1
+    done = 0
+    for path in files:
+        summary.feed(read_lines(path))
+        done += path.stat().st_size
+        report_progress(100 * done / total, f"read {path.name}")
+    return {
+        "hours": hours,
+        "since": since.isoformat(),
+        "files": [path.name for path in files],
+        "bytes_read": sum(path.stat().st_size for path in files),
+        **summary.result(top=conf.LOG_TOP_MESSAGES),
+    }

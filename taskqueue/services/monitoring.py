@@ -1,0 +1,52 @@
+"""What operators and health checks read: queues, workers, cron, Redis, failure rates."""
+
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from taskqueue import backend
+from taskqueue.models import Task
+
+
+def queue_stats() -> list[dict[str, Any]]:
+    """Depth and oldest waiting age of each queue (RQ's view)."""
+    return backend.queue_snapshot()
+
+
+def worker_stats(*, stale_after: float) -> list[dict[str, Any]]:
+    """Registered workers; `alive` is False when the heartbeat is older than `stale_after`."""
+    workers = backend.worker_snapshot()
+    for worker in workers:
+        age = worker["heartbeat_age_seconds"]
+        worker["alive"] = age is not None and age <= stale_after
+    return workers
+
+
+def cron_stats(*, stale_after: float) -> list[dict[str, Any]]:
+    schedulers = backend.cron_snapshot()
+    for scheduler in schedulers:
+        age = scheduler["heartbeat_age_seconds"]
+        scheduler["alive"] = age is not None and age <= stale_after
+    return schedulers
+
+
+def redis_stats() -> dict[str, Any]:
+    return backend.redis_snapshot()
+
+
+def failure_rate(window: timedelta) -> dict[str, Any]:
+    """Failed / (completed + failed) among tasks that finished within `window`."""
+    since = timezone.now() - window
+    counts = Task.objects.filter(finished_at__gte=since).aggregate(
+        completed=Count("pk", filter=Q(status=Task.Status.COMPLETED)),
+        failed=Count("pk", filter=Q(status=Task.Status.FAILED)),
+    )
+    finished = counts["completed"] + counts["failed"]
+    return {
+        "window_seconds": int(window.total_seconds()),
+        "completed": counts["completed"],
+        "failed": counts["failed"],
+        "rate": counts["failed"] / finished if finished else 0.0,
+    }
