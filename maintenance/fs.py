@@ -120,4 +120,4 @@ def describe(name: str) -> str:
 
 
 def is_missing(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOENT, errno.ENOTDIR)
+    return exc.errno == errno.ENOENT

@@ -50,17 +50,18 @@ class LineFormatter(logging.Formatter):
 
 
 class SharedRotatingFileHandler(RotatingFileHandler):
-    """Size-based rotation, gzipped, safe with several processes appending to one file.
+    """Size-based rotation safe with several processes appending to one file.
 
-    Rotation happens under an flock; a process whose file another one rotated reopens it.
+    Rotation happens under an flock and is a rename to `<name>.<UTC timestamp>`; a process
+    whose file another one rotated reopens it before its next record. A rotated file is
+    gzipped at the following rotation, when no process can still be writing to it, and
+    only the newest `backupCount` rotated files are kept.
     """
 
     def __init__(self, filename: str, **kwargs: Any) -> None:
         Path(filename).parent.mkdir(parents=True, exist_ok=True)
         kwargs.setdefault("delay", True)
         super().__init__(filename, **kwargs)
-        self.namer = lambda name: f"{name}.gz"
-        self.rotator = _gzip_rotate
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:
         if self.stream is not None and self._rotated_elsewhere():
@@ -81,17 +82,35 @@ class SharedRotatingFileHandler(RotatingFileHandler):
                 size = os.stat(self.baseFilename).st_size
             except FileNotFoundError:
                 size = 0
-            if size >= self.maxBytes and not self._rotated_elsewhere():
-                super().doRollover()
-            elif self.stream is not None:
+            if self.stream is not None:
                 self.stream.close()
-                self.stream = self._open()
+                self.stream = None
+            if size >= self.maxBytes:
+                self._compress_previous()
+                stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S%f")
+                os.rename(self.baseFilename, f"{self.baseFilename}.{stamp}")
+                self._prune()
+            self.stream = self._open()
 
+    def _rotated(self) -> list[Path]:
+        base = Path(self.baseFilename)
+        names = [p for p in base.parent.glob(base.name + ".2*") if p.suffix != ".tmp"]
+        return sorted(names, key=lambda p: p.name)
 
-def _gzip_rotate(source: str, dest: str) -> None:
-    with open(source, "rb") as raw, gzip.open(dest, "wb", compresslevel=6) as packed:
-        shutil.copyfileobj(raw, packed)
-    os.remove(source)
+    def _compress_previous(self) -> None:
+        for path in self._rotated():
+            if path.suffix != ".gz":
+                temporary = path.with_name(path.name + ".gz.tmp")
+                with open(path, "rb") as raw, gzip.open(temporary, "wb", compresslevel=6) as packed:
+                    shutil.copyfileobj(raw, packed)
+                os.utime(temporary, (path.stat().st_atime, path.stat().st_mtime))
+                os.rename(temporary, path.with_name(path.name + ".gz"))
+                os.remove(path)
+
+    def _prune(self) -> None:
+        rotated = self._rotated()
+        for path in rotated[: max(0, len(rotated) - self.backupCount)]:
+            path.unlink(missing_ok=True)
 
 
 def log_files(log_dir: Path, base_name: str, *, since: datetime) -> list[Path]:
@@ -102,7 +121,7 @@ def log_files(log_dir: Path, base_name: str, *, since: datetime) -> list[Path]:
         path
         for path in log_dir.iterdir()
         if path.name.startswith(base_name)
-        and not path.name.endswith(".lock")
+        and not path.name.endswith((".lock", ".tmp"))
         and path.is_file()
         and not path.is_symlink()
         and path.stat().st_mtime >= since.timestamp()

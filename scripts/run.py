@@ -69,6 +69,7 @@ def serve(env: dict[str, str]) -> int:
         print(
             f"\n  Web:    http://127.0.0.1:{port}/admin/   API: http://127.0.0.1:{port}/api/\n"
             "  Try:    .venv/bin/python manage.py enqueue_task ping --wait\n"
+            "  Demo:   .venv/bin/python manage.py seed_demo_data   (runs, temp files, logs)\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )

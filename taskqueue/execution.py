@@ -19,7 +19,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.utils import timezone
 from rq.worker import Worker as RQWorker
 
-from taskqueue import backend
+from taskqueue import backend, progress
 from taskqueue.conf import conf
 from taskqueue.exceptions import InvalidPayload, QueueUnavailable, TaskError, UnknownTaskType
 from taskqueue.models import Task
@@ -74,12 +74,15 @@ def run_attempt(task_id: int, dispatch: int, context: backend.JobContext) -> dic
 def _perform(
     task: Task, spec: TaskType, number: int, context: backend.JobContext
 ) -> dict[str, Any]:
+    token = progress.running(task, number)
     try:
         payload = spec.validate_payload(task.payload)
         result = _json_object(spec.handler(**payload))
     except Exception as exc:
         _record_failure(task, number, exc, context)
         raise
+    finally:
+        progress.finished(token)
     try:
         task.complete(attempt=number, result=result)
     except DatabaseError:

@@ -1,0 +1,139 @@
+"""cleanup_runs: finished runs past the cutoff go with their artifacts; nothing else."""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from maintenance.models import PendingArtifactRemoval, Run
+from maintenance.operations import cleanup_runs
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def artifacts(roots: dict[str, Path]) -> Path:
+    return roots["ARTIFACTS_DIR"]
+
+
+def run(artifacts: Path, status: str, hours_ago: float, *, files: int = 1) -> Run:
+    finished = timezone.now() - timedelta(hours=hours_ago)
+    item = Run.objects.create(name="job", status=status, created_at=finished, finished_at=finished)
+    if files:
+        relative = f"runs/{item.pk}"
+        (artifacts / relative).mkdir(parents=True)
+        for n in range(files):
+            (artifacts / relative / f"out-{n}").write_bytes(b"z" * 1000)
+        item.artifacts_dir = relative
+        item.save(update_fields=["artifacts_dir"])
+    return item
+
+
+def test_finished_runs_just_past_the_cutoff_go_with_their_artifacts(artifacts: Path) -> None:
+    old = run(artifacts, "succeeded", 24.01, files=2)
+    young = run(artifacts, "failed", 23.99)
+    result = cleanup_runs(max_age_hours=24)
+    assert list(Run.objects.values_list("pk", flat=True)) == [young.pk]
+    assert not (artifacts / old.artifacts_dir).exists()
+    assert (artifacts / young.artifacts_dir).exists()
+    assert result["runs_deleted"] == 1
+    assert result["artifact_dirs_removed"] == 1
+    assert result["bytes_removed"] == 2000
+    assert result["dry_run"] is False
+    assert result["cutoff"]
+
+
+@pytest.mark.parametrize("status", ["pending", "running"])
+def test_active_runs_are_never_deleted_however_old(artifacts: Path, status: str) -> None:
+    active = run(artifacts, status, 24 * 365)
+    assert cleanup_runs(max_age_hours=1)["runs_deleted"] == 0
+    assert Run.objects.filter(pk=active.pk).exists()
+    assert (artifacts / active.artifacts_dir).exists()
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
+def test_every_finished_status_is_cleaned(artifacts: Path, status: str) -> None:
+    run(artifacts, status, 48)
+    assert cleanup_runs(max_age_hours=24)["runs_deleted"] == 1
+
+
+def test_dry_run_counts_without_deleting(artifacts: Path) -> None:
+    old = run(artifacts, "succeeded", 48)
+    result = cleanup_runs(max_age_hours=24, dry_run=True)
+    assert (result["runs_deleted"], result["artifact_dirs_removed"], result["bytes_removed"]) == (
+        1,
+        1,
+        1000,
+    )
+    assert Run.objects.filter(pk=old.pk).exists()
+    assert (artifacts / old.artifacts_dir).exists()
+
+
+def test_running_twice_deletes_nothing_the_second_time(artifacts: Path) -> None:
+    for hours in (30, 40, 50):
+        run(artifacts, "succeeded", hours)
+    assert cleanup_runs(max_age_hours=24)["runs_deleted"] == 3
+    second = cleanup_runs(max_age_hours=24)
+    assert (second["runs_deleted"], second["artifact_dirs_removed"]) == (0, 0)
+
+
+def test_works_in_batches(artifacts: Path) -> None:
+    for _ in range(7):
+        run(artifacts, "succeeded", 48)
+    with override_settings(MAINTENANCE={"ARTIFACTS_DIR": artifacts, "CLEANUP_BATCH_SIZE": 2}):
+        assert cleanup_runs(max_age_hours=24)["runs_deleted"] == 7
+    assert Run.objects.count() == 0
+    assert list((artifacts / "runs").iterdir()) == []
+
+
+def test_artifact_paths_outside_the_root_are_never_touched(artifacts: Path, sentinel: Path) -> None:
+    for path in (str(sentinel / "dir"), "../outside/dir", "runs/../../outside"):
+        Run.objects.create(
+            name="evil",
+            status="succeeded",
+            finished_at=timezone.now() - timedelta(days=3),
+            artifacts_dir=path,
+        )
+    result = cleanup_runs(max_age_hours=24)
+    assert result["runs_deleted"] == 3
+    assert result["skipped"] == {"outside_root": 3}
+
+
+def test_symlinks_in_artifact_paths_are_not_followed(artifacts: Path, sentinel: Path) -> None:
+    (artifacts / "via-link").symlink_to(sentinel)  # a component that is a symlink
+    (artifacts / "final-link").symlink_to(sentinel / "dir")  # the directory itself
+    for path in ("via-link/dir", "final-link"):
+        Run.objects.create(
+            name="sneaky",
+            status="failed",
+            finished_at=timezone.now() - timedelta(days=3),
+            artifacts_dir=path,
+        )
+    result = cleanup_runs(max_age_hours=24)
+    assert result["runs_deleted"] == 2
+    assert result["skipped"] == {"symlink_or_changed": 1}
+    assert not (artifacts / "final-link").exists()  # the link itself is gone, not its target
+    assert (artifacts / "via-link").is_symlink()
+
+
+def test_directories_left_by_an_interrupted_run_are_removed_next_time(artifacts: Path) -> None:
+    """A crash between the committed delete and the removal leaves the journal behind."""
+    (artifacts / "runs" / "orphan").mkdir(parents=True)
+    (artifacts / "runs" / "orphan" / "data").write_bytes(b"1234")
+    PendingArtifactRemoval.objects.create(path="runs/orphan")
+    result = cleanup_runs(max_age_hours=24)
+    assert not (artifacts / "runs" / "orphan").exists()
+    assert result["artifact_dirs_removed"] == 1
+    assert result["bytes_removed"] == 4
+    assert PendingArtifactRemoval.objects.count() == 0
+
+
+def test_a_run_without_artifacts_or_with_missing_ones_is_deleted(artifacts: Path) -> None:
+    run(artifacts, "succeeded", 48, files=0)
+    gone = run(artifacts, "succeeded", 48)
+    os.rename(artifacts / gone.artifacts_dir, artifacts / "elsewhere")
+    result = cleanup_runs(max_age_hours=24)
+    assert (result["runs_deleted"], result["artifact_dirs_removed"]) == (2, 0)
