@@ -187,3 +187,23 @@ def test_a_misconfigured_root_fails_clearly_and_deletes_nothing(
         cleanup_temp_files(max_age_hours=1)
     assert caught.value.code == code
     assert caught.value.retryable is False
+
+
+def test_another_file_system_below_the_root_is_not_entered(temp: Path) -> None:
+    mount_point = temp / "mounted"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        make(mount_point / "old.tmp", 48)
+        age(mount_point, 48)
+        result = cleanup_temp_files(max_age_hours=24)
+        assert (mount_point / "old.tmp").exists()
+        assert result["skipped"] == {"mount_point": 1}
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
