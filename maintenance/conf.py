@@ -23,8 +23,6 @@ DEFAULTS: dict[str, Any] = {
     "FAILURE_RATE_THRESHOLD": 0.25,
     "FAILURE_RATE_MIN_TASKS": 5,
     "QUEUE_MAX_AGE_SECONDS": 600,
-    "WORKER_STALE_SECONDS": 480,
-    "CRON_STALE_SECONDS": 180,
     # log_statistics.
     "LOG_FILE_NAME": "app.log",
     "LOG_TOP_MESSAGES": 20,

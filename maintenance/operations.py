@@ -301,7 +301,7 @@ def _check_queues() -> dict[str, Any]:
 
 
 def _check_workers() -> dict[str, Any]:
-    workers = monitoring.worker_stats(stale_after=conf.WORKER_STALE_SECONDS)
+    workers = monitoring.worker_stats()
     alive = [w for w in workers if w["alive"]]
     check: dict[str, Any] = {"status": "ok" if alive else "degraded", "alive": len(alive)}
     check["workers"] = workers
@@ -311,7 +311,7 @@ def _check_workers() -> dict[str, Any]:
 
 
 def _check_cron() -> dict[str, Any]:
-    schedulers = monitoring.cron_stats(stale_after=conf.CRON_STALE_SECONDS)
+    schedulers = monitoring.cron_stats()
     alive = [s for s in schedulers if s["alive"]]
     check: dict[str, Any] = {"status": "ok" if alive else "degraded", "alive": len(alive)}
     check["schedulers"] = schedulers

@@ -1,8 +1,20 @@
 """URL configuration."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from taskqueue.api.exceptions import api_not_found
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/system/maintenance/", include("maintenance.api")),
+    path("api/system/maintenance/", include("taskqueue.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("api/auth/", include("rest_framework.urls")),
+    re_path(r"^api/", api_not_found),
 ]
+
+handler500 = "taskqueue.api.exceptions.server_error"

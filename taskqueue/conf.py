@@ -18,6 +18,12 @@ DEFAULTS: dict[str, Any] = {
     "RECONCILE_GRACE": 30,
     "LEASE_EXPIRY_MARGIN": 180,
     "RECONCILE_BATCH": 1000,
+    # Active (queued, running, retrying) tasks allowed per type before enqueue refuses.
+    "MAX_ACTIVE_PER_TYPE": 100,
+    # A worker (or rqcron) whose heartbeat is older than this is not alive. RQ workers
+    # heartbeat at least every worker_ttl - 15 s (405 s by default) while idle.
+    "WORKER_STALE_SECONDS": 480,
+    "CRON_STALE_SECONDS": 180,
     # Bounds on Redis calls made on the request path, in seconds.
     "REDIS_CONNECT_TIMEOUT": 2.0,
     "REDIS_SOCKET_TIMEOUT": 10.0,

@@ -34,6 +34,11 @@ class QueueUnavailable(TaskQueueError):
     default_message = "The queue (Redis) is unreachable."
 
 
+class TooManyActiveTasks(TaskQueueError):
+    code = "too_many_active_tasks"
+    default_message = "Too many tasks of this type are waiting or running; try again later."
+
+
 class InvalidPayload(TaskQueueError):
     code = "invalid_payload"
     default_message = "The payload is not valid for this task type."

@@ -4,14 +4,16 @@ Every state change is one conditional UPDATE (`filter(pk=…, status__in=allowed
 that says whether it applied, so late, duplicate or out-of-order events are harmless and
 terminal states never move. Nothing outside these methods assigns `status`.
 """
+# ruff: noqa: S608  (the one raw SQL here interpolates our own table and column names only)
 
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import models, transaction
+from django.db import connections, models, transaction
 from django.db.models import F, Q
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -34,6 +36,10 @@ class TaskQuerySet(models.QuerySet):
 
     def finished_before(self, moment: datetime) -> "TaskQuerySet":
         return self.terminal().filter(finished_at__lt=moment)
+
+    def with_attempt_history(self) -> "TaskQuerySet":
+        """Annotate `attempt_history`, every attempt as a JSON list, in the same query."""
+        return self.annotate(attempt_history=_attempt_history_sql(self.db))
 
 
 class Task(models.Model):
@@ -68,6 +74,8 @@ class Task(models.Model):
     dedup_key = models.CharField(max_length=64, null=True, blank=True, editable=False)  # noqa: DJ001
 
     created_at = models.DateTimeField(default=timezone.now)
+    # Bumped by every transition: the API's ETag and Last-Modified.
+    updated_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
@@ -97,8 +105,10 @@ class Task(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["-created_at"], name="taskqueue_task_created"),
-            models.Index(fields=["status", "-created_at"], name="taskqueue_task_status"),
-            models.Index(fields=["task_type", "-created_at"], name="taskqueue_task_type"),
+            models.Index(fields=["status", "-id"], name="taskqueue_task_status"),
+            models.Index(fields=["task_type", "-id"], name="taskqueue_task_type"),
+            models.Index(fields=["finished_at"], name="taskqueue_task_finished"),
+            models.Index(fields=["task_type", "status"], name="taskqueue_task_type_status"),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -124,6 +134,7 @@ class Task(models.Model):
         self, allowed_from: tuple[str, ...], values: dict[str, Any], **match: Any
     ) -> bool:
         """One conditional UPDATE; on success mirror plain values onto this instance."""
+        values = {**values, "updated_at": timezone.now()}
         applied = (
             Task.objects.filter(pk=self.pk, status__in=allowed_from, **match).update(**values) == 1
         )
@@ -236,6 +247,37 @@ class Task(models.Model):
         if applied:
             self.dispatch += 1
         return applied
+
+
+ATTEMPT_COLUMNS = (
+    "number",
+    "outcome",
+    "started_at",
+    "finished_at",
+    "worker_name",
+    "error_code",
+    "error_message",
+)
+
+
+def _attempt_history_sql(alias: str) -> RawSQL:
+    """A correlated subquery aggregating a task's attempts to JSON (PostgreSQL or SQLite).
+
+    Only this module's table and column names are interpolated, never input.
+    """
+    attempt, task = TaskAttempt._meta.db_table, Task._meta.db_table
+    pairs = ", ".join(f"'{name}', a.{name}" for name in ATTEMPT_COLUMNS)
+    if connections[alias].vendor == "postgresql":
+        sql = (
+            f"SELECT COALESCE(json_agg(json_build_object({pairs}) ORDER BY a.number), '[]')::text"
+            f" FROM {attempt} a WHERE a.task_id = {task}.id"
+        )
+    else:
+        sql = (
+            f"SELECT json_group_array(json_object({pairs})) FROM"
+            f" (SELECT * FROM {attempt} WHERE task_id = {task}.id ORDER BY number) a"
+        )
+    return RawSQL(sql, (), output_field=models.JSONField())  # noqa: S611
 
 
 def job_id_for(task_id: int, dispatch: int) -> str:

@@ -11,7 +11,12 @@ from django.db import IntegrityError, transaction
 
 from taskqueue import backend
 from taskqueue.conf import conf
-from taskqueue.exceptions import InvalidTransition, QueueUnavailable, TaskNotFound
+from taskqueue.exceptions import (
+    InvalidTransition,
+    QueueUnavailable,
+    TaskNotFound,
+    TooManyActiveTasks,
+)
 from taskqueue.models import Task
 from taskqueue.registry import get_task_type, queue_for_priority
 
@@ -45,6 +50,10 @@ def enqueue_task(
     dedup_key = _dedup_key(task_type, cleaned) if policy.exclusive else None
     if dedup_key and (existing := Task.objects.active().filter(dedup_key=dedup_key).first()):
         return existing, False
+    if Task.objects.active().filter(task_type=task_type).count() >= conf.MAX_ACTIVE_PER_TYPE:
+        raise TooManyActiveTasks(
+            f"{conf.MAX_ACTIVE_PER_TYPE} {task_type} tasks are already waiting or running."
+        )
     priority = policy.priority if priority is None else priority
     fields = {
         "task_type": task_type,

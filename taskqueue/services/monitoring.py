@@ -7,6 +7,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from taskqueue import backend
+from taskqueue.conf import conf
 from taskqueue.models import Task
 
 
@@ -15,8 +16,9 @@ def queue_stats() -> list[dict[str, Any]]:
     return backend.queue_snapshot()
 
 
-def worker_stats(*, stale_after: float) -> list[dict[str, Any]]:
+def worker_stats(*, stale_after: float | None = None) -> list[dict[str, Any]]:
     """Registered workers; `alive` is False when the heartbeat is older than `stale_after`."""
+    stale_after = conf.WORKER_STALE_SECONDS if stale_after is None else stale_after
     workers = backend.worker_snapshot()
     for worker in workers:
         age = worker["heartbeat_age_seconds"]
@@ -24,7 +26,8 @@ def worker_stats(*, stale_after: float) -> list[dict[str, Any]]:
     return workers
 
 
-def cron_stats(*, stale_after: float) -> list[dict[str, Any]]:
+def cron_stats(*, stale_after: float | None = None) -> list[dict[str, Any]]:
+    stale_after = conf.CRON_STALE_SECONDS if stale_after is None else stale_after
     schedulers = backend.cron_snapshot()
     for scheduler in schedulers:
         age = scheduler["heartbeat_age_seconds"]

@@ -1,0 +1,74 @@
+"""One place that maps errors to HTTP: JSON bodies with `detail` and a stable `code`."""
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from taskqueue import exceptions as domain
+
+DOMAIN_STATUS = {
+    domain.TaskNotFound: status.HTTP_404_NOT_FOUND,
+    domain.UnknownTaskType: status.HTTP_404_NOT_FOUND,
+    domain.InvalidTransition: status.HTTP_409_CONFLICT,
+    domain.TooManyActiveTasks: status.HTTP_429_TOO_MANY_REQUESTS,
+    domain.QueueUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
+    domain.InvalidPayload: status.HTTP_400_BAD_REQUEST,
+}
+
+
+class RequestTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is too large."
+    default_code = "request_too_large"
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, domain.InvalidPayload):
+        return _validation_response(exc.errors, status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, domain.TaskQueueError):
+        code = DOMAIN_STATUS.get(type(exc), status.HTTP_400_BAD_REQUEST)
+        response = Response({"detail": exc.message, "code": exc.code}, status=code)
+        if code == status.HTTP_429_TOO_MANY_REQUESTS:
+            response["Retry-After"] = "30"
+        return response
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        return _validation_response(response.data, response.status_code, response)
+    detail = response.data.get("detail") if isinstance(response.data, dict) else response.data
+    response.data = {"detail": str(detail), "code": _code(exc)}
+    return response
+
+
+def _validation_response(errors: Any, code: int, response: Response | None = None) -> Response:
+    body = dict(errors) if isinstance(errors, dict) else {"errors": errors}
+    body.setdefault("detail", "Invalid input.")
+    body["code"] = "invalid"
+    if response is None:
+        return Response(body, status=code)
+    response.data = body
+    return response
+
+
+def _code(exc: Exception) -> str:
+    codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
+    return codes if isinstance(codes, str) else "error"
+
+
+def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    """404 for any /api/ URL that matches no route (JSON, like every API error)."""
+    return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
+
+
+def server_error(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    """500 without a traceback, a path or a setting."""
+    return JsonResponse({"detail": "Internal server error.", "code": "server_error"}, status=500)

@@ -1,0 +1,109 @@
+"""The task body of DESIGN §5, the enqueue answer, the list filters, the error body."""
+
+from datetime import UTC
+from typing import Any
+
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from taskqueue.models import Task
+
+_datetime = serializers.DateTimeField()
+
+
+class AttemptSerializer(serializers.Serializer):
+    number = serializers.IntegerField()
+    outcome = serializers.ChoiceField(choices=["running", "completed", "failed", "stopped"])
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    worker_name = serializers.CharField()
+    error_code = serializers.CharField(allow_blank=True)
+    error_message = serializers.CharField(allow_blank=True)
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    task_id = serializers.IntegerField(source="pk", read_only=True)
+    requested_by = serializers.CharField(
+        source="requested_by.get_username", read_only=True, allow_null=True, default=None
+    )
+    cancelled_by = serializers.CharField(
+        source="cancelled_by.get_username", read_only=True, allow_null=True, default=None
+    )
+    retry_of = serializers.IntegerField(source="retry_of_id", read_only=True, allow_null=True)
+    payload = serializers.DictField(read_only=True)
+    result = serializers.DictField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Task
+        fields = [
+            "task_id",
+            "task_type",
+            "status",
+            "payload",
+            "result",
+            "error_code",
+            "error_message",
+            "attempts",
+            "max_attempts",
+            "priority",
+            "queue",
+            "progress",
+            "progress_message",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "next_attempt_at",
+            "updated_at",
+            "requested_by",
+            "cancelled_by",
+            "source",
+            "retry_of",
+        ]
+        read_only_fields = fields
+
+
+class TaskDetailSerializer(TaskSerializer):
+    attempt_history = serializers.SerializerMethodField()
+
+    class Meta(TaskSerializer.Meta):
+        fields = [*TaskSerializer.Meta.fields, "attempt_history"]
+        read_only_fields = fields
+
+    @extend_schema_field(AttemptSerializer(many=True))
+    def get_attempt_history(self, task: Task) -> list[dict[str, Any]]:
+        history = getattr(task, "attempt_history", None)
+        if history is None:
+            history = list(task.attempt_set.values(*AttemptSerializer().fields))
+        return [_normalise(attempt) for attempt in history]
+
+
+def _normalise(attempt: dict[str, Any]) -> dict[str, Any]:
+    """Timestamps from the JSON aggregate (strings) rendered like every other timestamp."""
+    attempt = dict(attempt)
+    for name in ("started_at", "finished_at"):
+        value = attempt.get(name)
+        if isinstance(value, str):
+            value = parse_datetime(value.replace(" ", "T"))
+            if value is not None and value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+        attempt[name] = _datetime.to_representation(value) if value else None
+    return attempt
+
+
+class EnqueuedSerializer(serializers.Serializer):
+    task_id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=Task.Status.choices)
+    message = serializers.CharField()
+
+
+class TaskFilterSerializer(serializers.Serializer):
+    status = serializers.MultipleChoiceField(choices=Task.Status.choices, required=False)
+    task_type = serializers.CharField(required=False, max_length=100)
+    created_after = serializers.DateTimeField(required=False)
+    created_before = serializers.DateTimeField(required=False)
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.CharField()

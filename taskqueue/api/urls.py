@@ -1,0 +1,14 @@
+"""Routes under /api/system/maintenance/: tasks and stats."""
+
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from taskqueue.api.views import StatsView, TaskViewSet
+
+router = SimpleRouter(trailing_slash=False)
+router.register("tasks", TaskViewSet, basename="taskqueue-task")
+
+urlpatterns = [
+    path("stats", StatsView.as_view(), name="taskqueue-stats"),
+    *router.urls,
+]

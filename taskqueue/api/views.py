@@ -1,0 +1,237 @@
+"""REST views over tasks (list, read, cancel, retry), statistics, and enqueueing."""
+
+from typing import Any, ClassVar
+
+from django.urls import reverse
+from django.utils.cache import get_conditional_response
+from django.utils.http import http_date
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from taskqueue.api.permissions import StaffWithPermission
+from taskqueue.api.serializers import (
+    EnqueuedSerializer,
+    ErrorSerializer,
+    TaskDetailSerializer,
+    TaskFilterSerializer,
+    TaskSerializer,
+)
+from taskqueue.conf import conf
+from taskqueue.models import Task
+from taskqueue.registry import get_task_type
+from taskqueue.services import CANCELLED, cancel_task, enqueue_task, retry_task
+from taskqueue.services.stats import system_stats
+
+MAX_ID = 2**63 - 1
+
+
+def errors(*codes: int) -> dict[int, OpenApiResponse]:
+    return {code: OpenApiResponse(ErrorSerializer) for code in codes}
+
+
+class TaskPagination(CursorPagination):
+    ordering = "-id"  # newest first; stable under inserts
+    page_size = 20
+    page_size_query_param = "page_size"
+    max_page_size = 100
+
+
+class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Tasks, newest first: read (`view_task`), cancel and retry (`change_task`)."""
+
+    serializer_class = TaskSerializer
+    permission_classes = [StaffWithPermission]
+    pagination_class = TaskPagination
+    lookup_value_regex = r"[0-9]{1,19}"
+
+    def required_permission(self, request: Request) -> str:
+        if self.action in ("destroy", "retry"):
+            return "taskqueue.change_task"
+        return "taskqueue.view_task"
+
+    def get_queryset(self) -> Any:
+        queryset = Task.objects.select_related("requested_by", "cancelled_by")
+        if self.action == "retrieve":
+            return queryset.with_attempt_history()
+        if self.action != "list":
+            return queryset
+        filters = TaskFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        wanted = filters.validated_data
+        if wanted.get("status"):
+            queryset = queryset.filter(status__in=wanted["status"])
+        if wanted.get("task_type"):
+            queryset = queryset.filter(task_type=wanted["task_type"])
+        if wanted.get("created_after"):
+            queryset = queryset.filter(created_at__gte=wanted["created_after"])
+        if wanted.get("created_before"):
+            queryset = queryset.filter(created_at__lt=wanted["created_before"])
+        return queryset
+
+    def get_object(self) -> Task:
+        if int(self.kwargs["pk"]) > MAX_ID:
+            raise Task.DoesNotExist
+        return super().get_object()
+
+    @extend_schema(
+        parameters=[TaskFilterSerializer], responses={200: TaskSerializer, **errors(400, 401, 403)}
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(responses={200: TaskDetailSerializer, 304: None, **errors(401, 403, 404)})
+    def retrieve(self, request: Request, pk: str) -> Response:
+        """One task with its attempts. Answers 304 to a matching If-None-Match."""
+        task = self.get_object()
+        etag = f'"{task.pk}-{int(task.updated_at.timestamp() * 1_000_000)}"'
+        modified = task.updated_at.timestamp()
+        not_modified = get_conditional_response(
+            request._request, etag=etag, last_modified=int(modified)
+        )
+        response = not_modified or Response(TaskDetailSerializer(task).data)
+        response["ETag"] = etag
+        response["Last-Modified"] = http_date(modified)
+        response["Cache-Control"] = "private, no-cache"
+        return response
+
+    @extend_schema(
+        responses={
+            200: OpenApiResponse(TaskSerializer, description="Cancelled at once."),
+            202: OpenApiResponse(TaskSerializer, description="Stop sent to the worker."),
+            **errors(401, 403, 404, 409),
+        }
+    )
+    def destroy(self, request: Request, pk: str) -> Response:
+        """Cancel a queued or retrying task (200), or stop a running one (202)."""
+        task = self.get_object()
+        outcome = cancel_task(task, by=request.user)
+        task.refresh_from_db()
+        code = status.HTTP_200_OK if outcome == CANCELLED else status.HTTP_202_ACCEPTED
+        return Response(TaskSerializer(task).data, status=code)
+
+    @extend_schema(request=None, responses={202: TaskSerializer, **errors(401, 403, 404, 409, 429)})
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str) -> Response:
+        """A new task with the same type and payload as a finished one."""
+        task = self.get_object()
+        new = retry_task(task, by=request.user, source="api")
+        response = Response(TaskSerializer(new).data, status=status.HTTP_202_ACCEPTED)
+        response["Location"] = reverse("taskqueue-task-detail", args=[new.pk])
+        return response
+
+
+class StatsView(APIView):
+    """Queue depth, workers, counts by status, failure rates, run and wait percentiles."""
+
+    permission_classes = [StaffWithPermission]
+
+    def required_permission(self, request: Request) -> str:
+        return "taskqueue.view_task"
+
+    @extend_schema(responses={200: dict, **errors(401, 403)})
+    def get(self, request: Request) -> Response:
+        return Response(system_stats())
+
+
+class EnqueueView(APIView):
+    """GET describes the operation; POST enqueues it (202) and answers with the task id."""
+
+    task_type: ClassVar[str] = ""
+    permission_classes = [StaffWithPermission]
+    throttle_scope = "enqueue"
+
+    def get_throttles(self) -> list[Any]:
+        return [ScopedRateThrottle()] if self.request.method == "POST" else []
+
+    def required_permission(self, request: Request) -> str:
+        return get_task_type(self.task_type).policy.permission or "taskqueue.add_task"
+
+    def get(self, request: Request) -> Response:
+        spec = get_task_type(self.task_type)
+        policy = spec.policy
+        fields = spec.serializer().fields if spec.serializer else {}
+        return Response(
+            {
+                "task_type": spec.name,
+                "description": spec.description,
+                "parameters": {name: _describe(field) for name, field in fields.items()},
+                "policy": {
+                    "max_attempts": policy.max_attempts,
+                    "timeout": policy.timeout,
+                    "priority": policy.priority,
+                    "queue": policy.queue,
+                    "exclusive": policy.exclusive,
+                },
+            }
+        )
+
+    def post(self, request: Request) -> Response:
+        payload = {k: v for k, v in request.query_params.items() if k != "format"}
+        if request.data is not None and not isinstance(request.data, dict):
+            raise serializers.ValidationError({"payload": ["Expected a JSON object."]})
+        payload.update(request.data or {})
+        task, created = enqueue_task(
+            self.task_type, payload, requested_by=request.user, source="api"
+        )
+        location = reverse("taskqueue-task-detail", args=[task.pk])
+        if not conf.USE_TASK_QUEUE:
+            task.refresh_from_db()
+            response = Response(TaskSerializer(task).data, status=status.HTTP_200_OK)
+        elif created:
+            message = f"{self.task_type} enqueued as task {task.pk}."
+            body = {"task_id": task.pk, "status": task.status, "message": message}
+            response = Response(body, status=status.HTTP_202_ACCEPTED)
+        else:
+            message = f"An identical {self.task_type} task is already {task.status}."
+            body = {"task_id": task.pk, "status": task.status, "message": message}
+            response = Response(body, status=status.HTTP_200_OK)
+        response["Location"] = location
+        return response
+
+
+def _describe(field: serializers.Field) -> dict[str, Any]:
+    described: dict[str, Any] = {"type": type(field).__name__, "required": field.required}
+    for attribute in ("min_value", "max_value"):
+        if getattr(field, attribute, None) is not None:
+            described[attribute] = getattr(field, attribute)
+    if field.default is not serializers.empty:
+        described["default"] = field.default
+    if field.help_text:
+        described["help_text"] = str(field.help_text)
+    return described
+
+
+def enqueue_view(task_type: str) -> type[EnqueueView]:
+    """An EnqueueView for `task_type`, documented with its payload serializer."""
+    spec = get_task_type(task_type)
+    name = "".join(part.title() for part in task_type.split("_")) + "View"
+    view = type(name, (EnqueueView,), {"task_type": task_type, "__doc__": spec.description})
+    post = extend_schema(
+        summary=f"Enqueue {task_type}",
+        description=(
+            f"{spec.description} Parameters as a JSON body or as query parameters. "
+            "202 with the new task's id; 200 with the active task when an identical one "
+            "is already active (exclusive types) or, with USE_TASK_QUEUE off, with the "
+            "finished task."
+        ),
+        request=spec.serializer,
+        parameters=[
+            OpenApiParameter(name, type=str, required=False, description="As in the body.")
+            for name in (spec.serializer().fields if spec.serializer else {})
+        ],
+        responses={
+            202: EnqueuedSerializer,
+            200: OpenApiResponse(EnqueuedSerializer, description="Already active, or inline."),
+            **errors(400, 401, 403, 413, 415, 429, 503),
+        },
+    )
+    get = extend_schema(summary=f"Describe {task_type}", responses={200: dict, **errors(401, 403)})
+    view.post = post(view.post)  # type: ignore[method-assign]
+    view.get = get(view.get)  # type: ignore[method-assign]
+    return view
