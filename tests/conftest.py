@@ -1,5 +1,6 @@
 """Shared fixtures: a real Redis (flushed around each test), workers, the test database URL."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -8,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from django.test import override_settings
 
-from tests.helpers import ROOT, stop_process_group, subprocess_env
+from tests.helpers import ROOT, snapshot, stop_process_group, subprocess_env
 
 # Keys this project writes: RQ's, our locks, the cache's. Anything else is someone's data.
 OUR_PREFIXES = (b"rq:", b"taskqueue:", b"cache:")
@@ -94,3 +96,32 @@ def worker_process(
     yield start
     for process in processes:
         stop_process_group(process)
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    paths = {name: tmp_path / name.lower() for name in ("TEMP_DIR", "ARTIFACTS_DIR", "LOG_DIR")}
+    for path in paths.values():
+        path.mkdir()
+    with override_settings(MAINTENANCE=paths):
+        yield paths
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Iterator[Path]:
+    """A tree outside every root; the test fails if anything in it changes."""
+    root = tmp_path / "outside"
+    (root / "dir").mkdir(parents=True)
+    (root / "file.txt").write_text("keep me")
+    (root / "dir" / "nested.txt").write_text("keep me too")
+    for path in (root / "file.txt", root / "dir" / "nested.txt", root / "dir"):
+        os.utime(path, (1, 1))  # ancient: any sweep that reached here would delete them
+    before = snapshot(root)
+    yield root
+    assert snapshot(root) == before, "something outside the configured root changed"
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings) -> None:
+    """Hashing with PBKDF2 costs ~0.2 s per user; tests do not need it to be slow."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,6 +1,7 @@
 """Helpers for tests that start real processes."""
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -57,3 +58,24 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30, interval: flo
             return value
         time.sleep(interval)
     pytest.fail(f"condition not met within {timeout}s: {predicate}")
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path below `root` with a digest of its content (or its link target)."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                state[str(path)] = "link:" + os.readlink(path)
+            elif path.is_file():
+                state[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                state[str(path)] = "dir"
+    return state
+
+
+def age(path: Path, hours: float) -> None:
+    """Set a path's modification time `hours` ago, without following a symlink."""
+    moment = time.time() - hours * 3600
+    os.utime(path, (moment, moment), follow_symlinks=False)

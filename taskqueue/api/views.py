@@ -11,7 +11,6 @@ from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from taskqueue.api.permissions import StaffWithPermission
@@ -22,6 +21,7 @@ from taskqueue.api.serializers import (
     TaskFilterSerializer,
     TaskSerializer,
 )
+from taskqueue.api.throttling import EnqueueThrottle
 from taskqueue.conf import conf
 from taskqueue.models import Task
 from taskqueue.registry import get_task_type
@@ -147,7 +147,7 @@ class EnqueueView(APIView):
     throttle_scope = "enqueue"
 
     def get_throttles(self) -> list[Any]:
-        return [ScopedRateThrottle()] if self.request.method == "POST" else []
+        return [EnqueueThrottle()] if self.request.method == "POST" else []
 
     def required_permission(self, request: Request) -> str:
         return get_task_type(self.task_type).policy.permission or "taskqueue.add_task"

@@ -12,7 +12,7 @@ from django.test import override_settings
 
 from maintenance.operations import cleanup_temp_files
 from taskqueue.exceptions import TaskError
-from tests.integration.maintenance.conftest import age
+from tests.helpers import age
 
 
 @pytest.fixture

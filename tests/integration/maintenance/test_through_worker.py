@@ -11,7 +11,7 @@ from taskqueue.exceptions import InvalidPayload
 from taskqueue.models import Task
 from taskqueue.registry import get_task_type
 from taskqueue.services import enqueue_task
-from tests.integration.maintenance.conftest import age
+from tests.helpers import age
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
