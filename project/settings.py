@@ -93,6 +93,7 @@ TASKQUEUE = {
     "ENABLE_DIAGNOSTICS": env_bool("TASKQUEUE_DIAGNOSTICS", False),
     "RESULT_TTL": env_int("TASKQUEUE_RESULT_TTL", 3600),
     "FAILURE_TTL": env_int("TASKQUEUE_FAILURE_TTL", 7 * 24 * 3600),
+    "MAX_ACTIVE_PER_TYPE": env_int("TASKQUEUE_MAX_ACTIVE_PER_TYPE", 100, minimum=1),
 }
 
 LOG_DIR = Path(env_str("LOG_DIR") or VAR_DIR / "log")
@@ -137,6 +138,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "taskqueue.api.schema.forbid_unknown_request_properties",
+    ],
 }
 
 LANGUAGE_CODE = "en-us"

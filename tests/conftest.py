@@ -11,7 +11,15 @@ import pytest
 import redis
 from django.test import override_settings
 
-from tests.helpers import ROOT, snapshot, stop_process_group, subprocess_env
+from tests.helpers import (
+    ROOT,
+    free_port,
+    http_status,
+    snapshot,
+    stop_process_group,
+    subprocess_env,
+    wait_for,
+)
 
 # Keys this project writes: RQ's, our locks, the cache's. Anything else is someone's data.
 OUR_PREFIXES = (b"rq:", b"taskqueue:", b"cache:")
@@ -96,6 +104,8 @@ def worker_process(
     yield start
     for process in processes:
         stop_process_group(process)
+    for log in sorted(tmp_path.glob("worker-*.log")):  # shown by pytest if the test failed
+        print(f"--- {log.name}\n{log.read_text()[-5000:]}")
 
 
 @pytest.fixture
@@ -125,3 +135,29 @@ def sentinel(tmp_path: Path) -> Iterator[Path]:
 def fast_password_hashing(settings) -> None:
     """Hashing with PBKDF2 costs ~0.2 s per user; tests do not need it to be slow."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(scope="session")
+def live_server_url(
+    django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The project under uvicorn (ASGI, as `make run` serves it), on the test database."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("web") / "web.log").open("w")
+    command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
+               "--port", str(port), "--no-access-log"]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=subprocess_env(
+            ENQUEUE_THROTTLE_RATE="100000/min", TASKQUEUE_MAX_ACTIVE_PER_TYPE="1000"
+        ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: http_status(url + "/api/schema/") == 401, timeout=30)
+    yield url
+    stop_process_group(process)
+    log.close()

@@ -4,8 +4,11 @@ import contextlib
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -79,3 +82,21 @@ def age(path: Path, hours: float) -> None:
     """Set a path's modification time `hours` ago, without following a symlink."""
     moment = time.time() - hours * 3600
     os.utime(path, (moment, moment), follow_symlinks=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url: str, **headers: str) -> int | None:
+    """The status of a GET, or None when nothing answers."""
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None

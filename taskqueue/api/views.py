@@ -222,8 +222,13 @@ def enqueue_view(task_type: str) -> type[EnqueueView]:
         ),
         request=spec.serializer,
         parameters=[
-            OpenApiParameter(name, type=str, required=False, description="As in the body.")
-            for name in (spec.serializer().fields if spec.serializer else {})
+            OpenApiParameter(
+                name,
+                type=bool if isinstance(field, serializers.BooleanField) else int,
+                required=False,
+                description=f"As in the body. {field.help_text or ''}".strip(),
+            )
+            for name, field in (spec.serializer().fields if spec.serializer else {}).items()
         ],
         responses={
             202: EnqueuedSerializer,
@@ -232,6 +237,14 @@ def enqueue_view(task_type: str) -> type[EnqueueView]:
         },
     )
     get = extend_schema(summary=f"Describe {task_type}", responses={200: dict, **errors(401, 403)})
-    view.post = post(view.post)  # type: ignore[method-assign]
-    view.get = get(view.get)  # type: ignore[method-assign]
+    # Fresh functions: extend_schema annotates the function object it decorates.
+
+    def post_method(self: EnqueueView, request: Request) -> Response:
+        return EnqueueView.post(self, request)
+
+    def get_method(self: EnqueueView, request: Request) -> Response:
+        return EnqueueView.get(self, request)
+
+    view.post = post(post_method)  # type: ignore[method-assign]
+    view.get = get(get_method)  # type: ignore[method-assign]
     return view

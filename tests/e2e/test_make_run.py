@@ -3,32 +3,16 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import urllib.request
 
 import psutil
 import pytest
 
-from tests.helpers import ROOT, stop_process_group, subprocess_env, wait_for
+from tests.helpers import ROOT, free_port, http_status, stop_process_group, subprocess_env, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status
-    except OSError:
-        return None
 
 
 def test_run_serves_web_worker_cron_and_ctrl_c_stops_everything() -> None:
