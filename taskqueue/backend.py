@@ -298,3 +298,28 @@ def redis_snapshot() -> dict:
         "maxmemory_bytes": info.get("maxmemory"),
         "maxmemory_policy": info.get("maxmemory_policy"),
     }
+
+
+def count_actions(counts: dict[str, int], *, name: str) -> None:
+    """Add to the running totals of `name`'s actions (read by monitoring)."""
+    if counts:
+        connection = get_connection()
+        with connection.pipeline() as pipeline:
+            for action, number in counts.items():
+                pipeline.hincrby(f"taskqueue:actions:{name}", action, number)
+            pipeline.execute()
+
+
+def action_totals(name: str) -> dict[str, int]:
+    raw = get_connection().hgetall(f"taskqueue:actions:{name}")
+    return {key.decode(): int(value) for key, value in raw.items()}
+
+
+def delete_jobs(job_ids: list[str]) -> None:
+    """Delete what Redis still holds of these jobs (their hash and results)."""
+    if not job_ids:
+        return
+    with get_connection().pipeline(transaction=False) as pipeline:
+        for job_id in job_ids:
+            pipeline.delete(Job.key_for(job_id), f"rq:results:{job_id}")
+        pipeline.execute()

@@ -24,6 +24,15 @@ DEFAULTS: dict[str, Any] = {
     # heartbeat at least every worker_ttl - 15 s (405 s by default) while idle.
     "WORKER_STALE_SECONDS": 480,
     "CRON_STALE_SECONDS": 180,
+    # How often a worker checks on its work horse and heartbeats (RQ's 30 s), and how long
+    # past a missed heartbeat RQ's cleanup waits before calling the job abandoned (RQ's 60 s):
+    # together they bound how long a task whose whole worker died stays `leased`.
+    "JOB_MONITORING_INTERVAL": 30,
+    "HEARTBEAT_MARGIN": 60,
+    # Retention: terminal tasks older than this many days are pruned daily.
+    "TASK_RETENTION_DAYS": 30,
+    "FAILED_TASK_RETENTION_DAYS": 90,
+    "PRUNE_BATCH_SIZE": 2000,
     # Bounds on Redis calls made on the request path, in seconds.
     "REDIS_CONNECT_TIMEOUT": 2.0,
     "REDIS_SOCKET_TIMEOUT": 10.0,

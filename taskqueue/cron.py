@@ -6,6 +6,7 @@ The cron process only enqueues these jobs; workers run them.
 from rq import cron
 
 from taskqueue.services.reconcile import reconcile_tasks
+from taskqueue.services.retention import prune_tasks
 
 cron.register(
     reconcile_tasks,
@@ -15,4 +16,14 @@ cron.register(
     result_ttl=600,
     failure_ttl=86400,
     name="taskqueue.reconcile",
+)
+
+cron.register(
+    prune_tasks,
+    "low",
+    cron="17 3 * * *",  # daily, 03:17 UTC
+    job_timeout=3600,
+    result_ttl=86400,
+    failure_ttl=7 * 86400,
+    name="taskqueue.prune",
 )

@@ -10,7 +10,9 @@ fork() and the parent never touches it while a horse lives.
 import json
 import logging
 import os
+import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +28,9 @@ from taskqueue.models import Task
 from taskqueue.registry import TaskType, get_task_type
 
 logger = logging.getLogger(__name__)
+
+# Pauses between tries of the write that ends an attempt (all within the job's timeout).
+RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0)
 
 
 def run_task(task_id: int, dispatch: int = 0) -> dict[str, Any]:
@@ -84,7 +89,7 @@ def _perform(
     finally:
         progress.finished(token)
     try:
-        task.complete(attempt=number, result=result)
+        _record(task.complete, attempt=number, result=result)
     except DatabaseError:
         # RQ keeps the result; the reconciler copies it into the mirror.
         logger.exception("Task %s completed but its result could not be recorded", task.pk)
@@ -99,7 +104,8 @@ def _record_failure(task: Task, number: int, exc: Exception, context: backend.Jo
     retry_at = timezone.now() + timedelta(seconds=delay) if delay is not None else None
     message = exc.message if isinstance(exc, TaskError) else f"{type(exc).__name__}: {exc}"
     try:
-        task.fail(
+        _record(
+            task.fail,
             attempt=number,
             error_code=code,
             error_message=message,
@@ -108,6 +114,19 @@ def _record_failure(task: Task, number: int, exc: Exception, context: backend.Jo
         )
     except DatabaseError:
         logger.exception("Task %s failed (%s) and that could not be recorded", task.pk, code)
+
+
+def _record(write: Callable[..., bool], **values: Any) -> None:
+    """Write an attempt's end, riding out a short database outage (then the reconciler)."""
+    for delay in (*RECORD_RETRY_DELAYS, None):
+        try:
+            write(**values)
+            return
+        except (OperationalError, InterfaceError):
+            if delay is None:
+                raise
+            _close_connections()
+            time.sleep(delay)
 
 
 def _classify(exc: Exception) -> tuple[str, bool]:
@@ -203,6 +222,17 @@ class Worker(RQWorker):
     """RQ's forking worker that keeps one DB connection and records dead work horses."""
 
     _horse_status: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("job_monitoring_interval", conf.JOB_MONITORING_INTERVAL)
+        super().__init__(*args, **kwargs)
+
+    def get_heartbeat_ttl(self, job: Any) -> int:
+        """RQ's formula with a configurable margin instead of its fixed 60 s."""
+        interval = self.job_monitoring_interval
+        if job.timeout and job.timeout > 0:
+            interval = min(job.timeout - self.current_job_working_time, interval)
+        return int(max(interval, 1)) + conf.HEARTBEAT_MARGIN
 
     def fork_work_horse(self, job: Any, queue: Any) -> None:
         _prepare_connections_for_fork()

@@ -108,6 +108,7 @@ class Task(models.Model):
             models.Index(fields=["status", "-id"], name="taskqueue_task_status"),
             models.Index(fields=["task_type", "-id"], name="taskqueue_task_type"),
             models.Index(fields=["finished_at"], name="taskqueue_task_finished"),
+            models.Index(fields=["status", "finished_at"], name="taskqueue_task_status_finished"),
             models.Index(fields=["task_type", "status"], name="taskqueue_task_type_status"),
         ]
         constraints = [

@@ -85,7 +85,7 @@ def worker_process(
     """Start real `manage.py rqworker` processes; stopped (whole process group) after."""
     processes: list[subprocess.Popen] = []
 
-    def start(*args: str, name: str | None = None) -> subprocess.Popen:
+    def start(*args: str, name: str | None = None, **env: str) -> subprocess.Popen:
         log = (tmp_path / f"worker-{len(processes)}.log").open("w")
         command = [sys.executable, "manage.py", "rqworker", "high", "default", "low", *args]
         if name:
@@ -93,7 +93,7 @@ def worker_process(
         process = subprocess.Popen(
             command,
             cwd=ROOT,
-            env=subprocess_env(),
+            env=subprocess_env(**env),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+import psutil
 import pytest
 from django.conf import settings
 from django.db import connection
@@ -43,12 +44,21 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM the group, then SIGKILL it and every descendant (RQ's work horses run in
+    process groups of their own)."""
+    try:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+    for child in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
     process.wait()
 
 

@@ -8,12 +8,14 @@ from taskqueue.services.lifecycle import (
     retry_task,
 )
 from taskqueue.services.reconcile import reconcile_tasks
+from taskqueue.services.retention import prune_tasks
 
 __all__ = [
     "CANCELLED",
     "STOPPING",
     "cancel_task",
     "enqueue_task",
+    "prune_tasks",
     "reconcile_tasks",
     "retry_task",
 ]

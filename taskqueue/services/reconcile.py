@@ -45,6 +45,8 @@ def reconcile_tasks(*, limit: int | None = None) -> dict[str, int]:
             backend.release_lock(LOCK, token)
     if counts:
         logger.warning("Reconciler acted: %s", dict(counts))
+        with contextlib.suppress(backend.RedisError):
+            backend.count_actions(counts, name="reconciler")
     return dict(counts)
 
 

@@ -1,0 +1,249 @@
+"""Fault drills with real processes: nothing accepted is lost, no task stays leased.
+
+Workers here heartbeat every second with a 2 s margin (production: 30 s and 60 s), so a
+dead worker is noticed in seconds instead of about two minutes; the mechanism is the same.
+"""
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test import override_settings
+from rest_framework.authtoken.models import Token
+
+from scripts.embedded_redis import redis_server_binary
+from taskqueue.models import Task
+from taskqueue.services import cancel_task, enqueue_task, reconcile_tasks
+from tests.helpers import (
+    ROOT,
+    free_port,
+    http_status,
+    stop_process_group,
+    subprocess_env,
+    wait_for,
+)
+from tests.proxy import CuttableProxy
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+FAST = {"TASKQUEUE_JOB_MONITORING_INTERVAL": "1", "TASKQUEUE_HEARTBEAT_MARGIN": "2"}
+NO_GRACE = override_settings(TASKQUEUE={**settings.TASKQUEUE, "RECONCILE_GRACE": 0})
+
+
+def status_of(task: Task) -> str:
+    return Task.objects.get(pk=task.pk).status
+
+
+def witness(marker: str) -> list[str]:
+    path = Path(settings.VAR_DIR) / "diagnostics" / marker
+    return path.read_text().split() if path.exists() else []
+
+
+def horse(marker: str) -> psutil.Process:
+    """The work horse running the diagnostic task with this marker (it wrote its pid)."""
+    line = wait_for(lambda: witness(marker)[:3], timeout=20)
+    return psutil.Process(int(line[2]))
+
+
+@pytest.fixture
+def marker(request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"drill-{os.getpid()}-{time.monotonic_ns()}"
+    yield name
+    (Path(settings.VAR_DIR) / "diagnostics" / name).unlink(missing_ok=True)
+
+
+def reconcile_until(predicate, timeout: float = 30) -> None:
+    """Run the reconciler like the cron process would (every 0.5 s here) until `predicate`."""
+
+    def step() -> bool:
+        with NO_GRACE:
+            reconcile_tasks()
+        return bool(predicate())
+
+    wait_for(step, timeout=timeout, interval=0.5)
+
+
+@pytest.mark.parametrize(("max_attempts", "final"), [(2, "completed"), (1, "failed")])
+def test_a_sigkilled_worker_loses_no_task(worker_process, marker, max_attempts, final):
+    payload = {"action": "sleep", "seconds": 3, "marker": marker}
+    task, _ = enqueue_task("diagnostic", payload, max_attempts=max_attempts)
+    worker = worker_process("--with-scheduler", **FAST)
+    wait_for(lambda: status_of(task) == "leased")
+    running = horse(marker)
+    worker.kill()  # the whole worker: its parent and its work horse
+    running.kill()
+    started = time.monotonic()
+    reconcile_until(lambda: status_of(task) != "leased", timeout=30)
+    print(f"left leased {time.monotonic() - started:.1f}s after the kill")
+    if max_attempts > 1:
+        worker_process("--with-scheduler", **FAST)
+    wait_for(lambda: status_of(task) == final, timeout=30)
+    task.refresh_from_db()
+    outcomes = [(a.outcome, a.error_code) for a in task.attempt_set.all()]
+    assert outcomes[0] == ("failed", "worker_lost")
+    assert len(outcomes) == max_attempts
+
+
+def test_a_killed_horse_is_worker_lost_and_the_worker_goes_on(worker_process, marker):
+    payload = {"action": "sleep", "seconds": 30, "marker": marker}
+    doomed, _ = enqueue_task("diagnostic", payload, max_attempts=1)
+    worker = worker_process()
+    wait_for(lambda: status_of(doomed) == "leased")
+    after, _ = enqueue_task("ping")
+    horse(marker).kill()
+    wait_for(lambda: status_of(doomed) == "failed")
+    wait_for(lambda: status_of(after) == "completed")
+    doomed.refresh_from_db()
+    assert doomed.error_code == "worker_lost"
+    assert worker.poll() is None  # the same worker, still running
+
+
+def test_a_warm_shutdown_lets_the_running_task_finish(worker_process):
+    task, _ = enqueue_task("diagnostic", {"action": "sleep", "seconds": 2}, max_attempts=1)
+    worker = worker_process()
+    wait_for(lambda: status_of(task) == "leased")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert status_of(task) == "completed"
+
+
+@pytest.fixture
+def private_redis() -> Iterator:
+    """A Redis of this test's own, without persistence, that the test may kill."""
+    directory = Path(tempfile.mkdtemp(prefix="tq-redis-"))
+    sock = directory / "redis.sock"
+    command = [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
+               "--appendonly", "no", "--dir", str(directory)]  # fmt: skip
+
+    class Server:
+        url = f"unix://{sock}"
+        process: subprocess.Popen | None = None
+
+        def start(self) -> None:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+            wait_for(sock.exists, timeout=10)
+
+        def kill(self) -> None:
+            self.process.kill()
+            self.process.wait()
+            sock.unlink(missing_ok=True)
+
+    server = Server()
+    yield server
+    if server.process and server.process.poll() is None:
+        server.kill()
+
+
+def test_a_redis_restart_without_persistence_loses_no_task(worker_process, private_redis):
+    private_redis.start()
+    markers = [f"restart-{os.getpid()}-{n}" for n in range(20)]
+    with override_settings(REDIS_URL=private_redis.url):
+        tasks = [enqueue_task("diagnostic", {"marker": m})[0] for m in markers]
+        private_redis.kill()
+        private_redis.start()  # empty: every job is gone
+        with NO_GRACE:
+            assert reconcile_tasks() == {"dispatched": 20}
+    worker_process(REDIS_URL=private_redis.url)
+    wait_for(lambda: Task.objects.filter(status="completed").count() == 20, timeout=60)
+    for task, marker in zip(tasks, markers, strict=True):
+        assert witness(marker).count("start") == 1, marker  # exactly once
+        assert Task.objects.get(pk=task.pk).attempts == 1
+
+
+def test_posts_while_redis_is_down_are_accepted_and_run_once_it_is_back(
+    worker_process, private_redis, django_user_model, tmp_path
+):
+    token = Token.objects.create(
+        user=django_user_model.objects.create_superuser("ops", "", "x")
+    ).key
+    port = free_port()
+    env = subprocess_env(REDIS_URL=private_redis.url)  # not started: Redis is down
+    with (tmp_path / "web.log").open("w") as log:
+        web = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "project.asgi:application", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/api/system/maintenance/log-statistics"
+        wait_for(lambda: http_status(url) == 401, timeout=30)
+        statuses = [_post(url, token) for _ in range(5)]
+        assert statuses == [202] * 5
+        assert Task.objects.filter(status="queued").count() == 5
+        private_redis.start()
+        with override_settings(REDIS_URL=private_redis.url), NO_GRACE:
+            assert reconcile_tasks() == {"dispatched": 5}
+        worker_process(REDIS_URL=private_redis.url)
+        wait_for(lambda: Task.objects.filter(status="completed").count() == 5, timeout=60)
+    finally:
+        stop_process_group(web)
+
+
+def _post(url: str, token: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=b"{}", method="POST")
+    request.add_header("Authorization", f"Token {token}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_database_outage_during_a_task_leaves_nothing_stuck(worker_process):
+    if connection.vendor != "postgresql":
+        pytest.skip("the outage drill cuts a TCP connection to PostgreSQL (CI runs it)")
+    s = connection.settings_dict
+    proxy = CuttableProxy((s["HOST"] or "127.0.0.1", int(s["PORT"] or 5432)))
+    through_proxy = f"postgres://{s['USER']}@127.0.0.1:{proxy.port}/{s['NAME']}"
+    try:
+        tasks = [
+            enqueue_task("diagnostic", {"action": "sleep", "seconds": seconds}, max_attempts=1)[0]
+            for seconds in (1, 6)
+        ]
+        worker_process(DATABASE_URL=through_proxy)
+        wait_for(lambda: status_of(tasks[0]) == "leased")
+        proxy.cut()  # the database is unreachable for the worker for 4 s
+        time.sleep(4)
+        proxy.restore()
+        # The first task's end was written by the horse's retries, or the reconciler copies it.
+        reconcile_until(lambda: not Task.objects.filter(status__in=["queued", "leased"]).exists())
+        assert {status_of(t) for t in tasks} == {"completed"}
+    finally:
+        proxy.close()
+
+
+def test_cancel_racing_with_start_never_runs_a_cancelled_task(worker_process):
+    worker_process()
+    worker_process()
+    raced = []
+    for n in range(40):
+        marker = f"race-{os.getpid()}-{n}"
+        task, _ = enqueue_task("diagnostic", {"marker": marker, "action": "succeed"})
+        time.sleep(random.uniform(0, 0.03))
+        with contextlib.suppress(Exception):
+            cancel_task(task)
+        raced.append((task, marker))
+    wait_for(lambda: not Task.objects.filter(status__in=["queued", "leased"]).exists(), timeout=60)
+    cancelled_before_start = 0
+    for task, marker in raced:
+        task.refresh_from_db()
+        if task.status == "cancelled" and task.error_code == "":
+            cancelled_before_start += 1
+            assert witness(marker) == [], f"task {task.pk} was cancelled but its handler ran"
+        else:
+            assert task.status in ("completed", "cancelled")
+    assert cancelled_before_start > 0
