@@ -97,3 +97,44 @@ def test_only_one_reconciler_runs_at_a_time(redis_db) -> None:
 @override_settings(REDIS_URL="redis://127.0.0.1:1/0")
 def test_with_redis_down_the_reconciler_reports_and_waits(db) -> None:
     assert reconcile_tasks() == {"redis_unavailable": 1}
+
+
+def started_job(task: Task) -> Job:
+    """Put the task's job in RQ's `started` state, as a worker running it would."""
+    from rq.job import JobStatus
+
+    job = backend.get_queue("default").enqueue(
+        backend.JOB_FUNCTION, job_id=task.job_id, args=(task.pk, 0)
+    )
+    job.set_status(JobStatus.STARTED)
+    return job
+
+
+def test_an_unhonoured_stop_is_sent_again(redis_db) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    task = Task.objects.create(task_type="ping")
+    lease(task)
+    started_job(task)
+    task.request_stop()
+    assert reconcile_tasks() == {}  # the stop was just sent
+    Task.objects.filter(pk=task.pk).update(stop_requested_at=timezone.now() - timedelta(minutes=5))
+    assert reconcile_tasks() == {"stop_resent": 1}
+
+
+@NO_GRACE
+def test_an_attempt_far_past_its_timeout_is_given_up_whatever_rq_says(redis_db) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    task = Task.objects.create(task_type="ping", timeout=10, max_attempts=1)
+    lease(task)
+    started_job(task)
+    assert reconcile_tasks() == {}
+    Task.objects.filter(pk=task.pk).update(leased_at=timezone.now() - timedelta(seconds=10 + 181))
+    assert reconcile_tasks() == {"worker_lost": 1}
+    task.refresh_from_db()
+    assert (task.status, task.error_code) == ("failed", "worker_lost")
