@@ -20,8 +20,6 @@ DEFAULTS: dict[str, Any] = {
     # health_check thresholds.
     "DISK_MIN_FREE_PERCENT": 5.0,
     "DISK_MIN_FREE_BYTES": 512 * 1024 * 1024,
-    "FAILURE_RATE_THRESHOLD": 0.25,
-    "FAILURE_RATE_MIN_TASKS": 5,
     "QUEUE_MAX_AGE_SECONDS": 600,
     # log_statistics.
     "LOG_FILE_NAME": "app.log",

@@ -341,13 +341,12 @@ def _check_disks() -> dict[str, Any]:
 
 
 def _check_failure_rate() -> dict[str, Any]:
-    rate = monitoring.failure_rate(timedelta(hours=1))
-    finished = rate["completed"] + rate["failed"]
-    threshold = conf.FAILURE_RATE_THRESHOLD
-    high = finished >= conf.FAILURE_RATE_MIN_TASKS and rate["rate"] > threshold
-    check: dict[str, Any] = {"status": "degraded" if high else "ok", **rate, "threshold": threshold}
-    if high:
-        check["reason"] = f"{rate['rate']:.0%} of tasks failed in the last hour (> {threshold:.0%})"
+    alert = monitoring.failure_rate_alert(timedelta(hours=1))
+    check: dict[str, Any] = {"status": "degraded" if alert["firing"] else "ok", **alert}
+    if alert["firing"]:
+        check["reason"] = (
+            f"{alert['rate']:.0%} of tasks failed in the last hour (> {alert['threshold']:.0%})"
+        )
     return check
 
 

@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "TASK_RETENTION_DAYS": 30,
     "FAILED_TASK_RETENTION_DAYS": 90,
     "PRUNE_BATCH_SIZE": 2000,
+    # Failure rate over the last hour above which the system is degraded (with enough tasks).
+    "FAILURE_RATE_THRESHOLD": 0.25,
+    "FAILURE_RATE_MIN_TASKS": 5,
     # Bounds on Redis calls made on the request path, in seconds.
     "REDIS_CONNECT_TIMEOUT": 2.0,
     "REDIS_SOCKET_TIMEOUT": 10.0,

@@ -53,3 +53,12 @@ def failure_rate(window: timedelta) -> dict[str, Any]:
         "failed": counts["failed"],
         "rate": counts["failed"] / finished if finished else 0.0,
     }
+
+
+def failure_rate_alert(window: timedelta = timedelta(hours=1)) -> dict[str, Any]:
+    """The failure rate over `window` against FAILURE_RATE_THRESHOLD; `firing` if above."""
+    rate = failure_rate(window)
+    finished = rate["completed"] + rate["failed"]
+    threshold = conf.FAILURE_RATE_THRESHOLD
+    firing = finished >= conf.FAILURE_RATE_MIN_TASKS and rate["rate"] > threshold
+    return {**rate, "threshold": threshold, "firing": firing}

@@ -4,7 +4,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import connections
-from django.db.models import Aggregate, Count, DurationField, ExpressionWrapper, F, QuerySet
+from django.db.models import Aggregate, Count, DurationField, ExpressionWrapper, F, Q, QuerySet
+from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from taskqueue import backend
@@ -102,3 +103,35 @@ def system_stats() -> dict[str, Any]:
         "workers": workers,
         "tasks": task_stats(),
     }
+
+
+def throughput_by_hour(*, hours: int = 24) -> list[dict[str, Any]]:
+    """Tasks finished per hour over the last `hours`, completed and failed, oldest first."""
+    now = timezone.now().replace(minute=0, second=0, microsecond=0)
+    start = now - timedelta(hours=hours - 1)
+    rows = (
+        Task.objects.filter(finished_at__gte=start)
+        .annotate(hour=TruncHour("finished_at"))
+        .values("hour")
+        .annotate(
+            completed=Count("pk", filter=Q(status=Task.Status.COMPLETED)),
+            failed=Count("pk", filter=Q(status=Task.Status.FAILED)),
+        )
+    )
+    by_hour = {row["hour"]: row for row in rows}
+    series = []
+    for n in range(hours):
+        hour = start + timedelta(hours=n)
+        row = by_hour.get(hour, {})
+        series.append(
+            {"hour": hour, "completed": row.get("completed", 0), "failed": row.get("failed", 0)}
+        )
+    return series
+
+
+def recent_failures(*, limit: int = 10) -> list[Task]:
+    return list(
+        Task.objects.filter(status=Task.Status.FAILED)
+        .order_by("-finished_at")
+        .only("pk", "task_type", "error_code", "error_message", "finished_at", "attempts")[:limit]
+    )
