@@ -82,6 +82,8 @@ class RunAdmin(admin.ModelAdmin):
         except TaskQueueError as exc:
             messages.error(request, f"{name} was not enqueued: {exc.message}")
             return None
-        verb = "enqueued" if created else "is already active as"
-        messages.success(request, f"{name} {verb} task {task.pk}.")
+        if created:
+            messages.success(request, f"Task {task.pk} ({name}) enqueued.")
+        else:
+            messages.info(request, f"An identical {name} is already active: task {task.pk}.")
         return HttpResponseRedirect(reverse("admin:taskqueue_task_change", args=[task.pk]))

@@ -120,7 +120,7 @@ class Task(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.task_type} #{self.pk} ({self.status})"
+        return f"{self.task_type} #{self.pk}"
 
     @property
     def job_id(self) -> str:

@@ -57,7 +57,7 @@ class TaskAdmin(admin.ModelAdmin):
         "attempts_display",
         "queue",
         "requested_by",
-        "created_at",
+        "created_display",
         "wait_display",
         "run_display",
     )
@@ -91,6 +91,10 @@ class TaskAdmin(admin.ModelAdmin):
     @admin.display(description="status", ordering="status")
     def status_display(self, task: Task) -> SafeString:
         return status_badge(task.status)
+
+    @admin.display(description="created (UTC)", ordering="created_at")
+    def created_display(self, task: Task) -> str:
+        return f"{task.created_at:%Y-%m-%d %H:%M:%S}"
 
     @admin.display(description="attempts")
     def attempts_display(self, task: Task) -> str:
