@@ -26,7 +26,7 @@ from maintenance.logs import LogSummary, log_files, read_lines
 from maintenance.models import PendingArtifactRemoval
 from taskqueue.exceptions import TaskError
 from taskqueue.progress import report_progress
-from taskqueue.services import monitoring
+from taskqueue.services import alerts, monitoring
 
 
 def checked_root(setting: str) -> Path:
@@ -350,6 +350,14 @@ def _check_failure_rate() -> dict[str, Any]:
     return check
 
 
+def _check_alerts() -> dict[str, Any]:
+    firing = alerts.firing_alerts()
+    check: dict[str, Any] = {"status": "degraded" if firing else "ok", "firing": firing}
+    if firing:
+        check["reason"] = "; ".join(f"{name}: {a['message']}" for name, a in sorted(firing.items()))
+    return check
+
+
 _PROBES = [
     ("database", _check_database),
     ("redis", _check_redis),
@@ -358,6 +366,7 @@ _PROBES = [
     ("cron", _check_cron),
     ("disks", _check_disks),
     ("failure_rate", _check_failure_rate),
+    ("alerts", _check_alerts),
 ]
 
 

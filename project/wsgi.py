@@ -1,8 +1,9 @@
-"""WSGI entry point."""
+"""WSGI entry point (static files served ahead of Django, as under ASGI)."""
 
 import os
 
+from django.contrib.staticfiles.handlers import StaticFilesHandler
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-application = get_wsgi_application()
+application = StaticFilesHandler(get_wsgi_application())

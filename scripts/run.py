@@ -47,7 +47,6 @@ def stop_all(children: dict[str, subprocess.Popen]) -> None:
 
 def serve(env: dict[str, str]) -> int:
     subprocess.run([*MANAGE, "migrate", "--no-input", "-v", "0"], env=env, check=True)
-    subprocess.run([*MANAGE, "collectstatic", "--no-input", "-v", "0"], env=env, check=True)
     subprocess.run([*MANAGE, "ensure_superuser"], env=env, check=True)
     port = env.get("PORT", "8000")
     children: dict[str, subprocess.Popen] = {}

@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     # Failure rate over the last hour above which the system is degraded (with enough tasks).
     "FAILURE_RATE_THRESHOLD": 0.25,
     "FAILURE_RATE_MIN_TASKS": 5,
+    # A queue whose oldest job waits longer than this fires the `queue_waiting` alert.
+    "ALERT_QUEUE_AGE_SECONDS": 600,
     # Bounds on Redis calls made on the request path, in seconds.
     "REDIS_CONNECT_TIMEOUT": 2.0,
     "REDIS_SOCKET_TIMEOUT": 10.0,

@@ -5,6 +5,7 @@ The cron process only enqueues these jobs; workers run them.
 
 from rq import cron
 
+from taskqueue.services.alerts import check_alerts
 from taskqueue.services.reconcile import reconcile_tasks
 from taskqueue.services.retention import prune_tasks
 
@@ -26,4 +27,14 @@ cron.register(
     result_ttl=86400,
     failure_ttl=7 * 86400,
     name="taskqueue.prune",
+)
+
+cron.register(
+    check_alerts,
+    "high",
+    interval=60,
+    job_timeout=60,
+    result_ttl=600,
+    failure_ttl=86400,
+    name="taskqueue.alerts",
 )

@@ -17,6 +17,8 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from taskqueue import events
+
 MESSAGE_LIMIT = 2000
 TRACEBACK_LIMIT = 20000
 
@@ -143,6 +145,7 @@ class Task(models.Model):
             for name, value in values.items():
                 if not hasattr(value, "resolve_expression"):
                     setattr(self, name, value)
+            events.task_changed(self)
         return applied
 
     def lease(self, *, dispatch: int, worker_name: str) -> "TaskAttempt | None":

@@ -13,6 +13,7 @@ from rest_framework import serializers
 
 from taskqueue import backend
 from taskqueue.conf import conf
+from taskqueue.progress import report_progress
 from taskqueue.registry import Backoff, PayloadSerializer, register
 
 
@@ -29,7 +30,16 @@ def ping() -> dict[str, Any]:
 
 
 class DiagnosticPayload(PayloadSerializer):
-    ACTIONS = ("succeed", "sleep", "fail", "exit", "kill", "kill_once", "stubborn_sleep")
+    ACTIONS = (
+        "succeed",
+        "sleep",
+        "fail",
+        "exit",
+        "kill",
+        "kill_once",
+        "stubborn_sleep",
+        "progress",
+    )
 
     action = serializers.ChoiceField(choices=ACTIONS, default="succeed")
     seconds = serializers.FloatField(min_value=0, max_value=3600, default=0)
@@ -49,7 +59,9 @@ def diagnostic(
         _witness(witness, "start")
     if action == "stubborn_sleep":  # ignores RQ's timeout signal: only a hard kill ends it
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    if action in ("sleep", "stubborn_sleep"):
+    if action == "progress":  # half-way after a moment, then the rest of the time
+        report_progress(50, "half-way")
+    if action in ("sleep", "stubborn_sleep", "progress"):
         time.sleep(seconds)
     elif action == "fail":
         raise RuntimeError("diagnostic failure on request")

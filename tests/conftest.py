@@ -138,9 +138,14 @@ def fast_password_hashing(settings) -> None:
 
 
 @pytest.fixture(scope="session")
-def live_server_url(
+def live_server_url(web_server: tuple[str, subprocess.Popen]) -> str:
+    return web_server[0]
+
+
+@pytest.fixture(scope="session")
+def web_server(
     django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """The project under uvicorn (ASGI, as `make run` serves it), on the test database."""
     port = free_port()
     log = (tmp_path_factory.mktemp("web") / "web.log").open("w")
@@ -158,6 +163,6 @@ def live_server_url(
     )
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: http_status(url + "/api/schema/") == 401, timeout=30)
-    yield url
+    yield url, process
     stop_process_group(process)
     log.close()

@@ -53,6 +53,7 @@ def task_context(request: HttpRequest, task: Task) -> dict[str, Any]:
         "show_traceback": request.user.is_superuser and bool(task.error_traceback),
         "retries": list(task.retries.order_by("pk").only("pk", "status")),
         "live_url": reverse("admin:taskqueue_task_live", args=[task.pk]),
+        "events_url": reverse("taskqueue-task-events", args=[task.pk]),
     }
 
 
@@ -119,6 +120,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     if request.GET.get("fragment"):
         return HttpResponse(render_to_string("admin/taskqueue/dashboard_body.html", context))
     context.update(admin.site.each_context(request), title="Task queue dashboard", opts=Task._meta)
+    context["events_url"] = reverse("taskqueue-events")
     return TemplateResponse(request, "admin/taskqueue/dashboard.html", context)
 
 

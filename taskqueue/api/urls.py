@@ -3,6 +3,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from taskqueue.api.stream import all_events, task_events
 from taskqueue.api.views import StatsView, TaskViewSet
 
 router = SimpleRouter(trailing_slash=False)
@@ -10,5 +11,7 @@ router.register("tasks", TaskViewSet, basename="taskqueue-task")
 
 urlpatterns = [
     path("stats", StatsView.as_view(), name="taskqueue-stats"),
+    path("tasks/<int:pk>/events", task_events, name="taskqueue-task-events"),
+    path("events", all_events, name="taskqueue-events"),
     *router.urls,
 ]

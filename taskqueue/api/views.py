@@ -9,6 +9,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -248,3 +249,30 @@ def enqueue_view(task_type: str) -> type[EnqueueView]:
     view.post = post(post_method)  # type: ignore[method-assign]
     view.get = get(get_method)  # type: ignore[method-assign]
     return view
+
+
+class PlainTextRenderer(BaseRenderer):
+    media_type = "text/plain"
+    format = "txt"
+    charset = "utf-8"
+
+    def render(
+        self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None
+    ) -> Any:
+        return data if isinstance(data, bytes) else str(data).encode()
+
+
+class MetricsView(APIView):
+    """Prometheus exposition format; token or staff session with taskqueue.view_task."""
+
+    permission_classes = [StaffWithPermission]
+    renderer_classes = [PlainTextRenderer]
+
+    def required_permission(self, request: Request) -> str:
+        return "taskqueue.view_task"
+
+    @extend_schema(responses={(200, "text/plain"): str, **errors(401, 403)})
+    def get(self, request: Request) -> Response:
+        from taskqueue import metrics
+
+        return Response(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -62,3 +62,8 @@ def failure_rate_alert(window: timedelta = timedelta(hours=1)) -> dict[str, Any]
     threshold = conf.FAILURE_RATE_THRESHOLD
     firing = finished >= conf.FAILURE_RATE_MIN_TASKS and rate["rate"] > threshold
     return {**rate, "threshold": threshold, "firing": firing}
+
+
+def reconciler_totals() -> dict[str, int]:
+    """Running totals of the reconciler's actions since Redis started keeping them."""
+    return backend.action_totals("reconciler")

@@ -1,0 +1,211 @@
+"""Server-Sent Events: a task's state on every change, until it is terminal.
+
+An async view: a waiting client holds no thread and no database connection, only a queue
+fed by the process's single Redis pub/sub listener (backend.EventHub). The database is
+read at the start and after a Redis reconnection, in a pooled thread, connection closed.
+"""
+
+import asyncio
+import io
+import json
+import re
+from collections.abc import AsyncIterator
+from importlib import import_module
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.core.handlers.asgi import ASGIRequest
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connections
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
+
+from taskqueue import backend, events
+from taskqueue.models import Task
+
+KEEPALIVE_SECONDS = 15
+MAX_ID = 2**63 - 1
+
+
+def _error(status: int, code: str, detail: str) -> JsonResponse:
+    response = JsonResponse({"detail": detail, "code": code}, status=status)
+    if status == 401:
+        response["WWW-Authenticate"] = "Token"
+    return response
+
+
+def _authorize(request: HttpRequest, task_id: int | None) -> JsonResponse | None:
+    """None when the caller may read this task's events, else the error to answer."""
+    try:
+        if not hasattr(request, "user"):  # reached without Django's middleware (ASGI route)
+            request.session = import_module(settings.SESSION_ENGINE).SessionStore(
+                request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+            )
+            request.user = get_user(request)
+        drf_request = Request(
+            request, authenticators=[TokenAuthentication(), SessionAuthentication()]
+        )
+        try:
+            user = drf_request.user
+        except AuthenticationFailed as exc:
+            return _error(401, "authentication_failed", str(exc.detail))
+        if not user.is_authenticated:
+            return _error(401, "not_authenticated", "Authentication credentials were not provided.")
+        if not (user.is_staff and user.has_perm("taskqueue.view_task")):
+            return _error(
+                403, "permission_denied", "You do not have permission to perform this action."
+            )
+        if task_id is not None and (
+            task_id > MAX_ID or not Task.objects.filter(pk=task_id).exists()
+        ):
+            return _error(404, "not_found", "Not found.")
+        return None
+    finally:
+        connections.close_all()  # this pooled thread keeps no connection for the stream
+
+
+def _snapshot(task_id: int) -> dict[str, Any] | None:
+    try:
+        task = Task.objects.filter(pk=task_id).first()
+        return events.snapshot(task) if task else None
+    finally:
+        connections.close_all()
+
+
+def _frame(data: dict[str, Any]) -> str:
+    return f"event: task\ndata: {json.dumps(data, cls=DjangoJSONEncoder)}\n\n"
+
+
+async def task_events(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET …/tasks/{id}/events: `event: task` frames with status, attempts, progress."""
+    refused = await sync_to_async(_authorize, thread_sensitive=False)(request, pk)
+    if refused is not None:
+        return refused
+    hub = backend.event_hub()
+    subscription = hub.subscribe(events.channel(pk))
+    try:
+        queue = await subscription.__aenter__()
+    except TimeoutError:
+        return _error(503, "queue_unavailable", "Live events are unavailable; poll the task.")
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            snapshot = await sync_to_async(_snapshot, thread_sensitive=False)(pk)
+            yield "retry: 3000\n\n"
+            while snapshot is not None:
+                yield _frame(snapshot)
+                if snapshot["status"] in events.TERMINAL:
+                    return
+                try:
+                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if item == hub.RESYNC:
+                    snapshot = await sync_to_async(_snapshot, thread_sensitive=False)(pk)
+                else:
+                    snapshot = json.loads(item)
+        finally:
+            await subscription.__aexit__(None, None, None)
+
+    return _streaming(stream())
+
+
+async def all_events(request: HttpRequest) -> HttpResponse:
+    """GET …/events: an `event: task` frame for every change of any task (the dashboard)."""
+    refused = await sync_to_async(_authorize, thread_sensitive=False)(request, None)
+    if refused is not None:
+        return refused
+    hub = backend.event_hub()
+    subscription = hub.subscribe(hub.EVERYTHING)
+    try:
+        queue = await subscription.__aenter__()
+    except TimeoutError:
+        return _error(503, "queue_unavailable", "Live events are unavailable; poll instead.")
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield "retry: 3000\n\n"
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if item == hub.RESYNC:
+                    yield "event: resync\ndata: {}\n\n"
+                else:
+                    yield f"event: task\ndata: {item.decode()}\n\n"
+        finally:
+            await subscription.__aexit__(None, None, None)
+
+    return _streaming(stream())
+
+
+def _streaming(body: AsyncIterator[str]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(body, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    response.events = body  # closed by the ASGI route when the client goes away
+    return response
+
+
+EVENTS_PATH = re.compile(r"/api/system/maintenance/(?:tasks/([0-9]{1,19})/)?events")
+
+
+def route_events(django_app: Any) -> Any:
+    """An ASGI app serving the event streams itself and everything else with `django_app`.
+
+    Django's ASGI handler gives every request a thread-sensitive context whose thread lives
+    as long as the request; for a stream that lasts minutes that is a thread per client.
+    Served here, a waiting client costs a coroutine and a queue.
+    """
+
+    async def application(scope: dict, receive: Any, send: Any) -> None:
+        match = EVENTS_PATH.fullmatch(scope.get("path", "")) if scope["type"] == "http" else None
+        if match is None or scope.get("method") != "GET":
+            await django_app(scope, receive, send)
+            return
+        task_id = int(match.group(1)) if match.group(1) else None
+        request = ASGIRequest(scope, io.BytesIO())
+        if task_id is None:
+            response = await all_events(request)
+        else:
+            response = await task_events(request, task_id)
+        await _send(response, receive, send)
+
+    return application
+
+
+async def _send(response: HttpResponse, receive: Any, send: Any) -> None:
+    headers = [(b"content-type", response["Content-Type"].encode())]
+    headers += [
+        (k.lower().encode(), v.encode()) for k, v in response.items() if k != "Content-Type"
+    ]
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    if not isinstance(response, StreamingHttpResponse):
+        await send({"type": "http.response.body", "body": response.content})
+        return
+
+    async def pump() -> None:
+        async for chunk in response.streaming_content:
+            body = chunk if isinstance(chunk, bytes) else chunk.encode()
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(disconnected())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await response.events.aclose()
