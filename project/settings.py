@@ -153,6 +153,7 @@ ADMINS = [
     (entry.split("<")[0].strip(), entry.split("<")[-1].rstrip(">").strip())
     for entry in env_list("ADMINS", [])
 ]
+EMAIL_SUBJECT_PREFIX = env_str("EMAIL_SUBJECT_PREFIX") or "[task queue] "
 SERVER_EMAIL = env_str("SERVER_EMAIL") or "taskqueue@localhost"
 EMAIL_BACKEND = env_str("EMAIL_BACKEND") or (
     "django.core.mail.backends.smtp.EmailBackend"

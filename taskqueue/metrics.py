@@ -89,6 +89,14 @@ class TaskQueueCollector:
             ),
         )
         yield overdue
+        rate = GaugeMetricFamily(
+            "taskqueue_failure_rate",
+            "Failed / finished tasks over a window (what the in-product alert compares).",
+            labels=["window"],
+        )
+        for label, window in (("1h", timedelta(hours=1)), ("24h", timedelta(hours=24))):
+            rate.add_metric([label], monitoring.failure_rate(window)["rate"])
+        yield rate
         yield from self._redis_metrics()
 
     def _redis_metrics(self) -> Iterator[Any]:

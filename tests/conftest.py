@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from django.contrib.auth.models import Permission
 from django.test import override_settings
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from tests.helpers import (
     ROOT,
@@ -166,3 +169,40 @@ def web_server(
     yield url, process
     stop_process_group(process)
     log.close()
+
+
+def user_with(django_user_model, username: str, *, staff: bool = True, perms: tuple = ()):
+    user = django_user_model.objects.create_user(username, password="pw-" + username)
+    user.is_staff = staff
+    user.save()
+    for codename in perms:
+        app_label, code = codename.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=code)
+        )
+    return user
+
+
+def token_client(user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+@pytest.fixture
+def admin_user(django_user_model):
+    return django_user_model.objects.create_superuser("root", password="pw-root")
+
+
+@pytest.fixture
+def api(admin_user, redis_db) -> APIClient:
+    """A superuser authenticated by token."""
+    return token_client(admin_user)
+
+
+@pytest.fixture
+def make_client(django_user_model, redis_db):
+    def make(username: str, *, staff: bool = True, perms: tuple = ()) -> APIClient:
+        return token_client(user_with(django_user_model, username, staff=staff, perms=perms))
+
+    return make

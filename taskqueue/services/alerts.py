@@ -86,11 +86,11 @@ def check_alerts() -> dict[str, Any]:
             since = timezone.now().isoformat()
             connection.hset(STATE, name, json.dumps({"since": since, "message": now_firing[name]}))
             logger.error("ALERT %s: %s", name, now_firing[name])
-            mail_admins(f"[task queue] ALERT {name}", now_firing[name], fail_silently=True)
+            mail_admins(f"ALERT {name}", now_firing[name], fail_silently=True)
         for name in cleared:
             connection.hdel(STATE, name)
             logger.warning("Alert %s cleared (it fired since %s)", name, before[name]["since"])
-            mail_admins(f"[task queue] cleared {name}", f"Cleared: {before[name]['message']}",
+            mail_admins(f"cleared {name}", f"Cleared: {before[name]['message']}",
                         fail_silently=True)  # fmt: skip
         return {"firing": sorted(now_firing), "started": started, "cleared": cleared}
     finally:

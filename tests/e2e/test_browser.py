@@ -8,8 +8,8 @@ import pytest
 
 from taskqueue.models import Task
 from taskqueue.services import enqueue_task
+from tests.conftest import user_with
 from tests.helpers import ROOT, wait_for
-from tests.integration.api.conftest import user_with
 
 CHROMIUM = (
     os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -59,6 +59,9 @@ def page(browser, live_server_url, redis_db):
     context = browser.new_context(base_url=live_server_url, viewport={"width": 1440, "height": 900})
     page = context.new_page()
     page.set_default_timeout(30_000)
+    # Shown by pytest when a test fails: what the page's scripts said.
+    page.on("console", lambda message: print(f"console.{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: print(f"page error: {error}"))
     yield page
     context.close()
 

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 
 from taskqueue.models import Task
 from taskqueue.services import enqueue_task
-from tests.integration.api.conftest import user_with
+from tests.conftest import user_with
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -5,7 +5,8 @@ from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from taskqueue.models import Task
-from tests.integration.api.conftest import BASE, user_with
+from tests.conftest import user_with
+from tests.integration.api.conftest import BASE
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
