@@ -8,6 +8,7 @@ from rq import cron
 from taskqueue.services.alerts import check_alerts
 from taskqueue.services.reconcile import reconcile_tasks
 from taskqueue.services.retention import prune_tasks
+from taskqueue.services.schedules import run_due_schedules
 
 cron.register(
     reconcile_tasks,
@@ -37,4 +38,14 @@ cron.register(
     result_ttl=600,
     failure_ttl=86400,
     name="taskqueue.alerts",
+)
+
+cron.register(
+    run_due_schedules,
+    "high",
+    interval=30,
+    job_timeout=60,
+    result_ttl=300,
+    failure_ttl=86400,
+    name="taskqueue.schedules",
 )

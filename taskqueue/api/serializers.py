@@ -7,7 +7,7 @@ from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from taskqueue.models import Task
+from taskqueue.models import Schedule, Task
 
 _datetime = serializers.DateTimeField()
 
@@ -107,3 +107,27 @@ class TaskFilterSerializer(serializers.Serializer):
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     code = serializers.CharField()
+
+
+class ScheduleSerializer(serializers.ModelSerializer):
+    schedule_id = serializers.IntegerField(source="pk", read_only=True)
+    last_task = serializers.IntegerField(source="last_task_id", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Schedule
+        fields = [
+            "schedule_id",
+            "name",
+            "task_type",
+            "payload",
+            "cron",
+            "interval_seconds",
+            "enabled",
+            "next_run_at",
+            "last_run_at",
+            "last_task",
+            "last_skipped_at",
+            "last_skip_reason",
+            "skips",
+        ]
+        read_only_fields = fields

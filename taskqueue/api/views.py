@@ -18,13 +18,14 @@ from taskqueue.api.permissions import StaffWithPermission
 from taskqueue.api.serializers import (
     EnqueuedSerializer,
     ErrorSerializer,
+    ScheduleSerializer,
     TaskDetailSerializer,
     TaskFilterSerializer,
     TaskSerializer,
 )
 from taskqueue.api.throttling import EnqueueThrottle
 from taskqueue.conf import conf
-from taskqueue.models import Task
+from taskqueue.models import Schedule, Task
 from taskqueue.registry import get_task_type
 from taskqueue.services import CANCELLED, cancel_task, enqueue_task, retry_task
 from taskqueue.services.stats import system_stats
@@ -276,3 +277,23 @@ class MetricsView(APIView):
         from taskqueue import metrics
 
         return Response(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+class ScheduleViewSet(viewsets.ReadOnlyModelViewSet):
+    """Periodic schedules, read-only (operators edit them in the admin)."""
+
+    serializer_class = ScheduleSerializer
+    queryset = Schedule.objects.order_by("name")
+    permission_classes = [StaffWithPermission]
+    lookup_value_regex = r"[0-9]{1,18}"
+
+    def required_permission(self, request: Request) -> str:
+        return "taskqueue.view_schedule"
+
+    @extend_schema(responses={200: ScheduleSerializer, **errors(401, 403, 404)})
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().retrieve(request, *args, **kwargs)
+
+    @extend_schema(responses={200: ScheduleSerializer(many=True), **errors(401, 403)})
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
