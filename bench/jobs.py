@@ -1,0 +1,5 @@
+"""The reference job: does nothing."""
+
+
+def noop() -> None:
+    return None

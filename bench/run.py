@@ -1,0 +1,567 @@
+"""`make bench`: the project measured beside the engines under it, in one run.
+
+Starts its own servers on loopback — a fresh Redis, PostgreSQL when one answers on
+127.0.0.1:5432 (a database of its own; else SQLite), uvicorn with 2 workers, rqworker
+processes — runs every scenario with its reference, and writes bench/results/latest.json
+and latest.md (medians of several repeats and the ratio to the reference).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from scripts.embedded_redis import embedded_redis  # noqa: E402
+
+PYTHON = sys.executable
+RESULTS = ROOT / "bench" / "results"
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+def database_url(workdir: Path) -> str:
+    """A PostgreSQL database of the bench's own when the local server answers, else SQLite."""
+    probe = subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False)
+    if probe.returncode == 0 and shutil.which("psql"):
+        for sql in ("DROP DATABASE IF EXISTS taskqueue_bench", "CREATE DATABASE taskqueue_bench"):
+            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql], check=True)
+        return "postgres://postgres@127.0.0.1:5432/taskqueue_bench"
+    return f"sqlite:///{workdir / 'bench.sqlite3'}"
+
+
+class Bench:
+    def __init__(self, workdir: Path, redis_url: str, quick: bool) -> None:
+        self.workdir, self.quick = workdir, quick
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "bench.settings",
+            "DATABASE_URL": database_url(workdir),
+            "REDIS_URL": redis_url,
+            "VAR_DIR": str(workdir),
+            "ENQUEUE_THROTTLE_RATE": "100000000/min",
+            "TASKQUEUE_MAX_ACTIVE_PER_TYPE": "100000000",
+            "LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT),
+        }
+        os.environ.update(self.env)
+        self.processes: list[subprocess.Popen] = []
+        self.repeats = 2 if quick else 3
+
+    # -- processes ---------------------------------------------------------------------
+
+    def start(self, command: list[str], name: str) -> subprocess.Popen:
+        out = (self.workdir / f"{name}.log").open("a")
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen) -> None:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        self.processes.remove(process)
+
+    def stop_all(self) -> None:
+        for process in list(self.processes):
+            self.stop(process)
+
+    def workers(self, count: int) -> list[subprocess.Popen]:
+        from rq.worker import Worker
+
+        from taskqueue import backend
+
+        started = [
+            self.start([PYTHON, "manage.py", "rqworker", "high", "default", "low"], f"worker-{n}")
+            for n in range(count)
+        ]
+        deadline = time.monotonic() + 60
+        while len(Worker.all(connection=backend.get_connection())) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers did not start")
+            time.sleep(0.1)
+        return started
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        log(f"database: {self.env['DATABASE_URL'].split('://')[0]}; migrating")
+        subprocess.run(
+            [PYTHON, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=self.env, check=True
+        )
+        import django
+
+        django.setup()
+        from django.contrib.auth import get_user_model
+        from rest_framework.authtoken.models import Token
+
+        user = get_user_model().objects.create_superuser("bench", password="bench")
+        self.token = Token.objects.create(user=user).key
+        self.port = 18000 + os.getpid() % 1000
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.web = self.start(
+            [
+                PYTHON,
+                "-m",
+                "uvicorn",
+                "project.asgi:application",
+                "--port",
+                str(self.port),
+                "--workers",
+                "2",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            "web",
+        )
+        deadline = time.monotonic() + 60
+        while (
+            subprocess.run(
+                ["curl", "-s", "-o", "/dev/null", self.url + "/api/schema/"], check=False
+            ).returncode
+            != 0
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("web server did not start")
+            time.sleep(0.2)
+
+    def wrk(self, path: str, connections: int, seconds: int, **env: str) -> dict:
+        threads = min(connections, 2)
+        result = subprocess.run(
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(ROOT / "bench" / "wrk.lua"),
+                self.url + path,
+            ],
+            env={**self.env, "WRK_TOKEN": self.token, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        line = next(x for x in result.stdout.splitlines() if x.startswith("WRKJSON "))
+        data = json.loads(line[8:])
+        data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+        return data
+
+    def repeat_wrk(self, path: str, connections: int, **env: str) -> dict:
+        runs = [
+            self.wrk(path, connections, 3 if self.quick else 5, **env) for _ in range(self.repeats)
+        ]
+        return {
+            "p50_ms": statistics.median(r["p50_us"] for r in runs) / 1000,
+            "p95_ms": statistics.median(r["p95_us"] for r in runs) / 1000,
+            "p99_ms": statistics.median(r["p99_us"] for r in runs) / 1000,
+            "rps": statistics.median(r["rps"] for r in runs),
+            "errors": sum(r["socket_errors"] + r["status_errors"] for r in runs),
+        }
+
+    # -- scenarios ---------------------------------------------------------------------
+
+    def enqueue(self) -> dict:
+        from taskqueue import backend
+
+        log("1. enqueue: raw queue.enqueue")
+        queue = backend.get_queue("low")
+        latencies = []
+        for _ in range(2000):
+            started = time.perf_counter()
+            queue.enqueue("bench.jobs.noop")
+            latencies.append((time.perf_counter() - started) * 1000)
+        queue.empty()
+        latencies.sort()
+        raw = {
+            "p50_ms": statistics.median(latencies),
+            "p95_ms": latencies[1899],
+            "p99_ms": latencies[1979],
+            "rps": 1000 / statistics.mean(latencies),
+        }
+        rows = {"raw queue.enqueue (1 client, in process)": {1: raw}}
+        for label, path in (
+            ("bare view: INSERT + enqueue", "/bench/bare-enqueue"),
+            ("POST health-check (this project)", "/api/system/maintenance/health-check"),
+        ):
+            rows[label] = {}
+            for connections in (1, 8, 32):
+                log(f"1. enqueue: {label} at {connections} clients")
+                rows[label][connections] = self.repeat_wrk(path, connections, WRK_METHOD="POST")
+                backend.get_queue("low").empty()
+                backend.get_queue("default").empty()
+        return rows
+
+    def throughput(self) -> dict:
+        from django.db import connection
+
+        from taskqueue import backend
+        from taskqueue.models import Task
+        from taskqueue.services import enqueue_task
+
+        count = 500 if self.quick else 2000
+        results: dict = {"tasks": count}
+        for n in (1, 2, 4):
+            workers = self.workers(n)
+            for kind in ("raw RQ no-op", "ping task (mirrored)"):
+                runs, costs = [], []
+                for _ in range(self.repeats):
+                    Task.objects.all().delete()
+                    before = self.counters()
+                    started = time.perf_counter()
+                    if kind.startswith("raw"):
+                        queue = backend.get_queue("default")
+                        registry = queue.finished_job_registry
+                        base = registry.count
+                        for _ in range(count):
+                            queue.enqueue("bench.jobs.noop", result_ttl=600)
+                        while registry.count - base < count:
+                            time.sleep(0.02)
+                    else:
+                        for _ in range(count):
+                            enqueue_task("ping")
+                        done = Task.objects.filter(status="completed")
+                        while done.count() < count:
+                            time.sleep(0.05)
+                    runs.append(count / (time.perf_counter() - started))
+                    time.sleep(1.2)  # PostgreSQL publishes its counters about every second
+                    costs.append(self.per_task(before, self.counters(), count))
+                results.setdefault(kind, {})[n] = {
+                    "tasks_per_s": statistics.median(runs),
+                    "runs": [round(r, 1) for r in runs],
+                    **{k: statistics.median(c[k] for c in costs) for k in costs[0]},
+                }
+                log(f"2. throughput: {kind}, {n} workers: {statistics.median(runs):.0f}/s")
+            for worker in workers:
+                self.stop(worker)
+        results["database"] = connection.vendor
+        return results
+
+    def counters(self) -> dict:
+        from django.db import connection
+
+        from taskqueue import backend
+
+        stats = backend.get_connection().info("commandstats")
+        counters = {"redis": sum(v["calls"] for v in stats.values())}
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted "
+                    "FROM pg_stat_database WHERE datname = current_database()"
+                )
+                counters["commits"], counters["rows"] = cursor.fetchone()
+        return counters
+
+    @staticmethod
+    def per_task(before: dict, after: dict, count: int) -> dict:
+        return {f"{k}_per_task": round((after[k] - before[k]) / count, 2) for k in before}
+
+    def status(self) -> dict:
+        from taskqueue.models import Task
+
+        total = 20_000 if self.quick else 100_000
+        log(f"3. status: {total} tasks")
+        Task.objects.all().delete()
+        now = datetime.now(tz=UTC)
+        statuses = ["completed"] * 8 + ["failed", "cancelled"]
+        types = ["health_check", "cleanup_runs", "cleanup_temp_files", "log_statistics"]
+        Task.objects.bulk_create(
+            [
+                Task(
+                    task_type=types[n % 4],
+                    status=statuses[n % 10],
+                    created_at=now - timedelta(seconds=n),
+                    finished_at=now,
+                    attempts=1,
+                )
+                for n in range(total)
+            ],
+            batch_size=5000,
+        )
+        one = Task.objects.order_by("-id").first()
+        detail = f"/api/system/maintenance/tasks/{one.pk}"
+        etag = subprocess.run(
+            [
+                "curl",
+                "-s",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                "-H",
+                f"Authorization: Token {self.token}",
+                self.url + detail,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        etag = next(
+            x.split(":", 1)[1].strip() for x in etag.splitlines() if x.lower().startswith("etag")
+        )
+        rows = {}
+        for label, path, extra in (
+            ("GET one task (200)", detail, {}),
+            ("GET one task (304, If-None-Match)", detail, {"WRK_ETAG": etag}),
+            ("GET list, first page", "/api/system/maintenance/tasks", {}),
+            (
+                "GET list, filtered page",
+                "/api/system/maintenance/tasks?status=failed&task_type=cleanup_runs",
+                {},
+            ),
+        ):
+            rows[label] = {c: self.repeat_wrk(path, c, **extra) for c in (1, 8)}
+            log(f"3. status: {label}: p99 {rows[label][1]['p99_ms']:.1f} ms at 1 client")
+        rows["tasks_in_table"] = total
+        return rows
+
+    def memory(self) -> dict:
+        from taskqueue.models import Task
+        from taskqueue.services import enqueue_task
+
+        count = 2000 if self.quick else 10_000
+        log(f"5. memory: {count} tasks through one worker, {count} POSTs to the web")
+        web = list(psutil.Process(self.web.pid).children(recursive=True))
+        web_rest = sum(p.memory_info().rss for p in web)
+        (worker,) = self.workers(1)
+        parent = psutil.Process(worker.pid)
+        worker_rest = parent.memory_info().rss
+        Task.objects.all().delete()
+        for _ in range(count):
+            enqueue_task("ping")
+        done = Task.objects.filter(status="completed")
+        while done.count() < count:
+            time.sleep(0.2)
+        worker_after = parent.memory_info().rss
+        self.stop(worker)
+        seconds = max(3, count // 1000)
+        self.wrk("/api/system/maintenance/health-check", 8, seconds, WRK_METHOD="POST")
+        web_after = sum(p.memory_info().rss for p in web)
+        mib = 2**20
+        return {
+            "tasks": count,
+            "worker_rss_mib": [round(worker_rest / mib, 1), round(worker_after / mib, 1)],
+            "web_rss_mib": [round(web_rest / mib, 1), round(web_after / mib, 1)],
+        }
+
+    def operations(self) -> dict:
+        log("4. operations at scale: preparing data")
+        from maintenance.models import Run
+
+        runs = 20_000 if self.quick else 100_000
+        files = 20_000 if self.quick else 100_000
+        log_bytes = (100 if self.quick else 1024) * 2**20
+        old = datetime.now(tz=UTC) - timedelta(days=3)
+        artifacts = self.workdir / "artifacts"
+        Run.objects.bulk_create(
+            [
+                Run(
+                    name="bench",
+                    status="succeeded",
+                    created_at=old,
+                    finished_at=old,
+                    artifacts_dir=f"b/{n}" if n % 10 == 0 else "",
+                )
+                for n in range(runs)
+            ],
+            batch_size=5000,
+        )
+        for n in range(0, runs, 10):
+            (artifacts / "b" / str(n)).mkdir(parents=True)
+            (artifacts / "b" / str(n) / "out").write_bytes(b"x" * 512)
+        temp = self.workdir / "tmp"
+        stamp = time.time() - 3 * 86400
+        for n in range(files):
+            path = temp / f"d{n % 500}" / f"f{n}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"y" * 100)
+            os.utime(path, (stamp, stamp))
+        write_logs(self.workdir / "log", log_bytes)
+        results = {}
+        for name, kwargs, size in (
+            (
+                "cleanup_runs",
+                {"max_age_hours": 24},
+                f"{runs:,} runs ({runs // 10:,} artifact dirs)",
+            ),
+            ("cleanup_temp_files", {"max_age_hours": 24}, f"{files:,} files"),
+            ("log_statistics", {"hours": 24}, f"{log_bytes / 2**30:.2f} GiB of logs"),
+        ):
+            log(f"4. operations: {name} over {size}")
+            out = subprocess.run(
+                [PYTHON, "-m", "bench.op", name, json.dumps(kwargs)],
+                cwd=ROOT,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            results[name] = {"over": size, **json.loads(out.stdout.strip().splitlines()[-1])}
+        return results
+
+
+def write_logs(directory: Path, size: int) -> None:
+    """`size` bytes of log lines in the project's format, in 64 MiB files, over 20 hours."""
+    directory.mkdir(parents=True, exist_ok=True)
+    levels = ["INFO"] * 7 + ["WARNING"] * 2 + ["ERROR"]
+    start = datetime.now(tz=UTC) - timedelta(hours=20)
+    written, n, part = 0, 0, 0
+    while written < size:
+        lines = []
+        for _ in range(100_000):
+            moment = start + timedelta(microseconds=n * 1000)
+            stamp = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+            level = levels[n % 10]
+            lines.append(
+                f"{stamp} {level:<8} app.module{n % 7} [{1000 + n % 50}] "
+                f"request {n} for order {n * 7 % 100003} took {n % 997} ms\n"
+            )
+            n += 1
+        chunk = "".join(lines).encode()
+        with (directory / f"app.log.2026{part:010d}").open("ab") as handle:
+            handle.write(chunk)
+        written += len(chunk)
+        if written // (64 * 2**20) > part:
+            part += 1
+
+
+def markdown(results: dict) -> str:
+    out = [
+        f"Measured {results['when']} on {results['machine']}; database "
+        f"{results['throughput']['database']}; medians of {results['repeats']} runs.",
+        "",
+    ]
+    enq = results["enqueue"]
+    bare = enq["bare view: INSERT + enqueue"]
+    out += [
+        "### 1. Enqueue endpoint",
+        "",
+        "| endpoint | clients | p50 ms | p95 ms | p99 ms | req/s | p99 vs bare view |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, by_c in enq.items():
+        for c, r in by_c.items():
+            ratio = (
+                r["p99_ms"] / bare[c]["p99_ms"]
+                if c in bare and label != "bare view: INSERT + enqueue"
+                else None
+            )
+            out.append(
+                f"| {label} | {c} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} "
+                f"| {r['rps']:.0f} | {f'{ratio:.2f}×' if ratio else '—'} |"
+            )
+    thr = results["throughput"]
+    out += [
+        "",
+        f"### 2. End-to-end throughput ({thr['tasks']} tasks, enqueue to last completed)",
+        "",
+        "| workers | raw RQ no-op /s | ping task /s | ratio | DB commits / task | DB rows / task | Redis cmds / task (raw → ping) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in (1, 2, 4):
+        raw, ping = thr["raw RQ no-op"][n], thr["ping task (mirrored)"][n]
+        out.append(
+            f"| {n} | {raw['tasks_per_s']:.0f} | {ping['tasks_per_s']:.0f} | "
+            f"{ping['tasks_per_s'] / raw['tasks_per_s']:.2f}× | {ping.get('commits_per_task', '—')} | "
+            f"{ping.get('rows_per_task', '—')} | {raw['redis_per_task']} → {ping['redis_per_task']} |"
+        )
+    st = results["status"]
+    out += [
+        "",
+        f"### 3. Status ({st['tasks_in_table']:,} tasks in the table)",
+        "",
+        "| request | clients | p50 ms | p95 ms | p99 ms | req/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, by_c in st.items():
+        if isinstance(by_c, dict):
+            for c, r in by_c.items():
+                out.append(
+                    f"| {label} | {c} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} |"
+                )
+    out += [
+        "",
+        "### 4. Operations at scale (a fresh process each; peak RSS of that process)",
+        "",
+        "| operation | over | seconds | peak RSS MiB |",
+        "|---|---|---|---|",
+    ]
+    for name, r in results["operations"].items():
+        out.append(f"| {name} | {r['over']} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} |")
+    mem = results["memory"]
+    out += [
+        "",
+        f"### 5. Memory (RSS, MiB, at rest → after {mem['tasks']:,} tasks / requests)",
+        "",
+        f"- worker (parent process): {mem['worker_rss_mib'][0]} → {mem['worker_rss_mib'][1]}",
+        f"- web (uvicorn's 2 workers, summed): {mem['web_rss_mib'][0]} → {mem['web_rss_mib'][1]}",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    parser.add_argument("--only", nargs="*", default=None, help="scenarios to run")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk (make bench does it)")
+    workdir = Path(tempfile.mkdtemp(prefix="tq-bench-"))
+    RESULTS.mkdir(exist_ok=True)
+    with embedded_redis(workdir / "redis") as redis_url:
+        bench = Bench(workdir, redis_url, args.quick)
+        try:
+            bench.setup()
+            results = {
+                "when": datetime.now(tz=UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}",
+                "repeats": bench.repeats,
+                "quick": args.quick,
+            }
+            for name in ("enqueue", "status", "throughput", "memory", "operations"):
+                if args.only is None or name in args.only:
+                    results[name] = getattr(bench, name)()
+        finally:
+            bench.stop_all()
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str))
+    if args.only is None:
+        (RESULTS / "latest.md").write_text(markdown(results))
+    log(f"results in {RESULTS}")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
