@@ -65,12 +65,12 @@ class Bench:
 
     # -- processes ---------------------------------------------------------------------
 
-    def start(self, command: list[str], name: str) -> subprocess.Popen:
+    def start(self, command: list[str], name: str, **env: str) -> subprocess.Popen:
         out = (self.workdir / f"{name}.log").open("a")
         process = subprocess.Popen(
             command,
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -137,10 +137,13 @@ class Bench:
                 "--workers",
                 "2",
                 "--no-access-log",
+                "--http",
+                "project.http:NoDelayH11Protocol",
                 "--log-level",
                 "warning",
             ],
             "web",
+            DATABASE_POOL="1",
         )
         deadline = time.monotonic() + 60
         while (

@@ -77,6 +77,11 @@ def database_config(var_dir: Path) -> dict:
             f"DATABASE_URL is not a database URL this project understands ({exc}); "
             "expected e.g. postgres://user@127.0.0.1:5432/name or sqlite:////abs/path.db"
         ) from None
+    if config["ENGINE"] == "django.db.backends.postgresql" and env_bool("DATABASE_POOL", False):
+        # Web processes only (make run sets it for uvicorn): under ASGI every request runs
+        # in a thread of its own, so only a pool lets connections outlive a request. Never
+        # in workers, which fork and hand their connection to the work horse instead.
+        config["OPTIONS"] = {"pool": {"min_size": 2, "max_size": 8, "timeout": 10}}
     if config["ENGINE"] == "django.db.backends.sqlite3":
         var_dir.mkdir(parents=True, exist_ok=True)
         # Several processes (web, worker, cron) share the file: wait for locks, don't fail.

@@ -24,7 +24,7 @@ MANAGE = [PYTHON, str(ROOT / "manage.py")]
 def services(port: str) -> dict[str, list[str]]:
     return {
         "web": [PYTHON, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
-                "--port", port, "--no-access-log"],
+                "--port", port, "--no-access-log", "--http", "project.http:NoDelayH11Protocol"],
         "worker": [*MANAGE, "rqworker", "high", "default", "low", "--with-scheduler"],
         "cron": [*MANAGE, "rqcron", "taskqueue.cron"],
     }  # fmt: skip
@@ -60,9 +60,11 @@ def serve(env: dict[str, str]) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         for name, command in services(port).items():
+            # The web process pools its PostgreSQL connections (see project/env.py).
+            child_env = {**env, "DATABASE_POOL": "1"} if name == "web" else env
             children[name] = subprocess.Popen(
                 command,
-                env=env,
+                env=child_env,
                 start_new_session=True,
                 preexec_fn=die_with_parent,  # noqa: PLW1509
             )
