@@ -8,6 +8,16 @@ import time
 import django
 
 
+def high_water_mib() -> float:
+    """Peak RSS of this process since exec (VmHWM). ru_maxrss would include the RSS the
+    parent had when it forked us: Linux carries it across exec."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     django.setup()
     from maintenance import operations
@@ -16,7 +26,7 @@ def main() -> None:
     started = time.perf_counter()
     result = getattr(operations, name)(**kwargs)
     elapsed = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = high_water_mib()
     summary = {k: v for k, v in result.items() if isinstance(v, int | float)}
     print(json.dumps({"seconds": round(elapsed, 3), "peak_rss_mib": round(peak, 1), **summary}))
 

@@ -80,35 +80,59 @@ def _frame(data: dict[str, Any]) -> str:
     return f"event: task\ndata: {json.dumps(data, cls=DjangoJSONEncoder)}\n\n"
 
 
-async def task_events(request: HttpRequest, pk: int) -> HttpResponse:
-    """GET …/tasks/{id}/events: `event: task` frames with status, attempts, progress."""
-    refused = await sync_to_async(_authorize, thread_sensitive=False)(request, pk)
+async def _subscribe(
+    request: HttpRequest, task_id: int | None, channel: str
+) -> tuple[HttpResponse | None, Any]:
+    """(an error response, None) or (None, the open subscription's context and queue)."""
+    refused = await sync_to_async(_authorize, thread_sensitive=False)(request, task_id)
     if refused is not None:
-        return refused
-    hub = backend.event_hub()
-    subscription = hub.subscribe(events.channel(pk))
+        return refused, None
+    subscription = backend.event_hub().subscribe(channel)
     try:
         queue = await subscription.__aenter__()
     except TimeoutError:
-        return _error(503, "queue_unavailable", "Live events are unavailable; poll the task.")
+        return _error(503, "queue_unavailable", "Live events are unavailable; poll instead."), None
+    return None, (subscription, queue)
+
+
+async def _items(queue: asyncio.Queue) -> AsyncIterator[bytes | None]:
+    """The queue's items as they come, and None after each KEEPALIVE_SECONDS of silence."""
+    while True:
+        try:
+            yield await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+        except TimeoutError:
+            yield None
+
+
+async def task_events(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET …/tasks/{id}/events: `event: task` frames with status, attempts, progress."""
+    refused, opened = await _subscribe(request, pk, events.channel(pk))
+    if refused is not None:
+        return refused
+    subscription, queue = opened
 
     async def stream() -> AsyncIterator[str]:
         try:
             snapshot = await sync_to_async(_snapshot, thread_sensitive=False)(pk)
             yield "retry: 3000\n\n"
-            while snapshot is not None:
-                yield _frame(snapshot)
-                if snapshot["status"] in events.TERMINAL:
-                    return
-                try:
-                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
-                except TimeoutError:
+            if snapshot is None:
+                return
+            yield _frame(snapshot)
+            if snapshot["status"] in events.TERMINAL:
+                return
+            async for item in _items(queue):
+                if item is None:
                     yield ": keep-alive\n\n"
                     continue
-                if item == hub.RESYNC:
+                if item == backend.EventHub.RESYNC:
                     snapshot = await sync_to_async(_snapshot, thread_sensitive=False)(pk)
                 else:
                     snapshot = json.loads(item)
+                if snapshot is None:
+                    return
+                yield _frame(snapshot)
+                if snapshot["status"] in events.TERMINAL:
+                    return
         finally:
             await subscription.__aexit__(None, None, None)
 
@@ -117,26 +141,18 @@ async def task_events(request: HttpRequest, pk: int) -> HttpResponse:
 
 async def all_events(request: HttpRequest) -> HttpResponse:
     """GET …/events: an `event: task` frame for every change of any task (the dashboard)."""
-    refused = await sync_to_async(_authorize, thread_sensitive=False)(request, None)
+    refused, opened = await _subscribe(request, None, backend.EventHub.EVERYTHING)
     if refused is not None:
         return refused
-    hub = backend.event_hub()
-    subscription = hub.subscribe(hub.EVERYTHING)
-    try:
-        queue = await subscription.__aenter__()
-    except TimeoutError:
-        return _error(503, "queue_unavailable", "Live events are unavailable; poll instead.")
+    subscription, queue = opened
 
     async def stream() -> AsyncIterator[str]:
         try:
             yield "retry: 3000\n\n"
-            while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
-                except TimeoutError:
+            async for item in _items(queue):
+                if item is None:
                     yield ": keep-alive\n\n"
-                    continue
-                if item == hub.RESYNC:
+                elif item == backend.EventHub.RESYNC:
                     yield "event: resync\ndata: {}\n\n"
                 else:
                     yield f"event: task\ndata: {item.decode()}\n\n"

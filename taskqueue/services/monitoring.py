@@ -18,21 +18,21 @@ def queue_stats() -> list[dict[str, Any]]:
 
 def worker_stats(*, stale_after: float | None = None) -> list[dict[str, Any]]:
     """Registered workers; `alive` is False when the heartbeat is older than `stale_after`."""
-    stale_after = conf.WORKER_STALE_SECONDS if stale_after is None else stale_after
-    workers = backend.worker_snapshot()
-    for worker in workers:
-        age = worker["heartbeat_age_seconds"]
-        worker["alive"] = age is not None and age <= stale_after
-    return workers
+    limit = conf.WORKER_STALE_SECONDS if stale_after is None else stale_after
+    return _with_alive(backend.worker_snapshot(), limit)
 
 
 def cron_stats(*, stale_after: float | None = None) -> list[dict[str, Any]]:
-    stale_after = conf.CRON_STALE_SECONDS if stale_after is None else stale_after
-    schedulers = backend.cron_snapshot()
-    for scheduler in schedulers:
-        age = scheduler["heartbeat_age_seconds"]
-        scheduler["alive"] = age is not None and age <= stale_after
-    return schedulers
+    """Registered rqcron processes, `alive` like workers."""
+    limit = conf.CRON_STALE_SECONDS if stale_after is None else stale_after
+    return _with_alive(backend.cron_snapshot(), limit)
+
+
+def _with_alive(processes: list[dict[str, Any]], stale_after: float) -> list[dict[str, Any]]:
+    for process in processes:
+        age = process["heartbeat_age_seconds"]
+        process["alive"] = age is not None and age <= stale_after
+    return processes
 
 
 def redis_stats() -> dict[str, Any]:
