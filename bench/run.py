@@ -238,7 +238,7 @@ class Bench:
 
         count = 500 if self.quick else 2000
         results: dict = {"tasks": count}
-        for n in (1, 2, 4):
+        for n in self.worker_counts:
             workers = self.workers(n)
             for kind in ("raw RQ no-op", "ping task (mirrored)"):
                 runs, costs = [], []
@@ -545,6 +545,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     parser.add_argument("--only", nargs="*", default=None, help="scenarios to run")
+    parser.add_argument("--workers", default="1,2,4", help="worker counts for throughput")
+    parser.add_argument("--no-save", action="store_true", help="print, keep old results")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install wrk (make bench does it)")
@@ -552,6 +554,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     with embedded_redis(workdir / "redis") as redis_url:
         bench = Bench(workdir, redis_url, args.quick)
+        bench.worker_counts = [int(n) for n in args.workers.split(",")]
         try:
             bench.setup()
             results = {
@@ -566,6 +569,10 @@ def main() -> None:
                     results[name] = getattr(bench, name)()
         finally:
             bench.stop_all()
+    if args.no_save:
+        print(json.dumps(results, indent=2, default=str))
+        shutil.rmtree(workdir, ignore_errors=True)
+        return
     if args.only is not None and (RESULTS / "latest.json").exists():
         # A partial run updates the scenarios it ran and keeps the others.
         previous = json.loads((RESULTS / "latest.json").read_text())

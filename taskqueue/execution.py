@@ -204,15 +204,25 @@ def _reset_connections() -> None:
             connection.close()
 
 
+# How often the worker checks the connection it hands to its horses (a SELECT 1); in
+# between, a horse that finds it dead reconnects by itself and closes it for the next one.
+USABLE_CHECK_SECONDS = 5.0
+_checked_at: dict[str, float] = {}
+
+
 def _prepare_connections_for_fork() -> None:
     """Give the horse a live connection to inherit; SQLite files are reopened per horse."""
+    now = time.monotonic()
     for connection in connections.all():
         if connection.vendor == "sqlite":
             connection.close()
             continue
         try:
-            if connection.connection is not None and not connection.is_usable():
-                connection.close()
+            stale = now - _checked_at.get(connection.alias, 0.0) > USABLE_CHECK_SECONDS
+            if connection.connection is not None and stale:
+                _checked_at[connection.alias] = now
+                if not connection.is_usable():
+                    connection.close()
             connection.ensure_connection()
         except DatabaseError:
             connection.close()  # the horse will try to connect by itself
