@@ -300,26 +300,31 @@ def _check_queues() -> dict[str, Any]:
     return check
 
 
-def _check_workers() -> dict[str, Any]:
-    workers = monitoring.worker_stats()
-    alive = [w for w in workers if w["alive"]]
-    check: dict[str, Any] = {"status": "ok" if alive else "degraded", "alive": len(alive)}
-    check["workers"] = workers
+def _processes_check(key: str, processes: list[dict[str, Any]], missing: str) -> dict[str, Any]:
+    alive = sum(1 for process in processes if process["alive"])
+    check: dict[str, Any] = {
+        "status": "ok" if alive else "degraded",
+        "alive": alive,
+        key: processes,
+    }
     if not alive:
-        check["reason"] = "no worker is alive"
+        check["reason"] = missing
     return check
 
 
+def _check_workers() -> dict[str, Any]:
+    return _processes_check("workers", monitoring.worker_stats(), "no worker is alive")
+
+
 def _check_cron() -> dict[str, Any]:
-    schedulers = monitoring.cron_stats()
-    alive = [s for s in schedulers if s["alive"]]
-    check: dict[str, Any] = {"status": "ok" if alive else "degraded", "alive": len(alive)}
-    check["schedulers"] = schedulers
-    if not alive:
-        check["reason"] = "no cron process is alive (reconciler and schedules are not running)"
-    elif len(alive) > 1:
+    check = _processes_check(
+        "schedulers",
+        monitoring.cron_stats(),
+        "no cron process is alive (reconciler and schedules are not running)",
+    )
+    if check["alive"] > 1:
         check["status"] = "degraded"
-        check["reason"] = f"{len(alive)} cron processes run; run exactly one"
+        check["reason"] = f"{check['alive']} cron processes run; run exactly one"
     return check
 
 
