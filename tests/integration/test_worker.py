@@ -207,3 +207,12 @@ def test_work_horses_reuse_the_worker_database_connection(run_worker) -> None:
         unregister("backend_pid")
     pids = {Task.objects.get(pk=t.pk).result["pid"] for t in tasks}
     assert pids == {backend_pid()["pid"]}
+
+
+def test_the_worker_warm_up_leaves_nothing_behind(redis_db) -> None:
+    from taskqueue.execution import warm_up
+    from taskqueue.models import TaskAttempt
+
+    warm_up()
+    assert Task.objects.count() == 0
+    assert TaskAttempt.objects.count() == 0
