@@ -158,7 +158,9 @@ def web_server(
         command,
         cwd=ROOT,
         env=subprocess_env(
-            ENQUEUE_THROTTLE_RATE="100000/min", TASKQUEUE_MAX_ACTIVE_PER_TYPE="1000"
+            ENQUEUE_THROTTLE_RATE="100000/min",
+            TASKQUEUE_MAX_ACTIVE_PER_TYPE="1000",
+            DATABASE_POOL="1",  # as `make run` serves the web: bounded connections
         ),
         stdout=log,
         stderr=subprocess.STDOUT,

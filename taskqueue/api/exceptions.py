@@ -1,14 +1,18 @@
 """One place that maps errors to HTTP: JSON bodies with `detail` and a stable `code`."""
 
+import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from taskqueue import exceptions as domain
+
+logger = logging.getLogger(__name__)
 
 DOMAIN_STATUS = {
     domain.TaskNotFound: status.HTTP_404_NOT_FOUND,
@@ -27,6 +31,14 @@ class RequestTooLarge(exceptions.APIException):
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is down or out of connections: say so, and when to come back.
+        logger.warning("Database unavailable for %s: %s", context.get("view"), exc)
+        body = {"detail": "The database is unavailable; try again shortly.",
+                "code": "database_unavailable"}  # fmt: skip
+        return Response(
+            body, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "5"}
+        )
     if isinstance(exc, domain.InvalidPayload):
         return _validation_response(exc.errors, status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, domain.TaskQueueError):

@@ -137,3 +137,19 @@ def test_a_cap_on_active_tasks_per_type_answers_429_with_its_own_code(api):
     assert codes == [202, 202, 429]
     assert refused.json()["code"] == "too_many_active_tasks"
     assert refused["Retry-After"]
+
+
+def test_a_database_outage_is_a_503_with_retry_after_not_a_500(api, monkeypatch):
+    from django.db import OperationalError
+
+    from taskqueue.services import lifecycle
+
+    def unavailable(*args, **kwargs):
+        raise OperationalError("sorry, too many clients already")
+
+    monkeypatch.setattr(lifecycle, "_at_cap", unavailable)
+    response = api.post(f"{BASE}/health-check", {}, format="json")
+    assert response.status_code == 503
+    assert response.json()["code"] == "database_unavailable"
+    assert response["Retry-After"] == "5"
+    assert "too many clients" not in response.content.decode()
