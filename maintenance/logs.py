@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 CONTINUATION = "  "
+QUIET_SECONDS = 60  # a rotated file untouched this long is compressed at the next rotation
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 RECORD = re.compile(
     r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)"  # timestamp, UTC
@@ -54,8 +56,8 @@ class SharedRotatingFileHandler(RotatingFileHandler):
 
     Rotation happens under an flock and is a rename to `<name>.<UTC timestamp>`; a process
     whose file another one rotated reopens it before its next record. A rotated file is
-    gzipped at the following rotation, when no process can still be writing to it, and
-    only the newest `backupCount` rotated files are kept.
+    gzipped at a later rotation once nobody has written to it for a minute, and only the
+    newest `backupCount` rotated files are kept.
     """
 
     def __init__(self, filename: str, **kwargs: Any) -> None:
@@ -98,8 +100,11 @@ class SharedRotatingFileHandler(RotatingFileHandler):
         return sorted(names, key=lambda p: p.name)
 
     def _compress_previous(self) -> None:
+        """Gzip rotated files nobody has written to for a while (a process descheduled
+        between its rotation check and its write may still append to a recent one)."""
+        quiet_since = time.time() - QUIET_SECONDS
         for path in self._rotated():
-            if path.suffix != ".gz":
+            if path.suffix != ".gz" and path.stat().st_mtime < quiet_since:
                 temporary = path.with_name(path.name + ".gz.tmp")
                 with open(path, "rb") as raw, gzip.open(temporary, "wb", compresslevel=6) as packed:
                     shutil.copyfileobj(raw, packed)

@@ -136,7 +136,7 @@ def test_two_hundred_idle_clients_hold_no_thread_and_no_database_connection(
                 f"database connections held by the server: {held}"
             )
         assert threads <= threads_before + 8  # the thread pool may grow, not one per client
-        assert held <= 2
+        assert held <= 8  # at most the web's connection pool, idle; none per client
     finally:
         for sock in clients:
             sock.close()

@@ -4,6 +4,7 @@ import gzip
 import logging
 import multiprocessing
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -139,4 +140,18 @@ def test_several_processes_share_one_rotating_log_without_losing_lines(tmp_path:
             lines += file.read_text().splitlines()
     assert len(lines) == 4500
     assert len({line.split("] ", 1)[1] for line in lines}) == 4500
-    assert len(list(tmp_path.glob("app.log.*.gz"))) > 3
+    assert len(list(tmp_path.glob("app.log.2*"))) > 3  # it did rotate, many times
+
+
+def test_rotated_files_are_compressed_once_quiet_and_pruned(tmp_path: Path) -> None:
+    path = str(tmp_path / "app.log")
+    for quiet in (False, True):
+        _write_lines(path, 0, 400)
+        if quiet:  # make every rotated file look a minute old, then rotate again
+            for old in tmp_path.glob("app.log.2*"):
+                os.utime(old, (time.time() - 120, time.time() - 120))
+            _write_lines(path, 1, 400)
+    assert list(tmp_path.glob("app.log.2*.gz"))
+    handler = SharedRotatingFileHandler(path, maxBytes=20_000, backupCount=2)
+    handler._prune()
+    assert len(list(tmp_path.glob("app.log.2*"))) == 2
