@@ -27,44 +27,19 @@ class LogStatisticsPayload(PayloadSerializer):
     )
 
 
-register(
-    "cleanup_runs",
-    serializer=CleanupPayload,
-    max_attempts=3,
-    timeout=300,
-    priority=5,
-    exclusive=True,
-    backoff=Backoff(base=30, maximum=600),
-    permission="maintenance.run_cleanup_runs",
-)(operations.cleanup_runs)
+# DESIGN §4: the two cleanups are destructive, long and exclusive; each has its permission.
+CLEANUP_POLICY = {"max_attempts": 3, "timeout": 300, "priority": 5, "exclusive": True,
+                  "backoff": Backoff(base=30, maximum=600)}  # fmt: skip
+QUICK_RETRY = Backoff(base=5, maximum=60)
 
-register(
-    "health_check",
-    serializer=HealthCheckPayload,
-    max_attempts=2,
-    timeout=30,
-    priority=3,
-    backoff=Backoff(base=5, maximum=60),
-    permission="maintenance.run_health_check",
-)(operations.health_check)
-
-register(
-    "cleanup_temp_files",
-    serializer=CleanupPayload,
-    max_attempts=3,
-    timeout=300,
-    priority=5,
-    exclusive=True,
-    backoff=Backoff(base=30, maximum=600),
-    permission="maintenance.run_cleanup_temp_files",
-)(operations.cleanup_temp_files)
-
-register(
-    "log_statistics",
-    serializer=LogStatisticsPayload,
-    max_attempts=2,
-    timeout=10,
-    priority=1,
-    backoff=Backoff(base=5, maximum=60),
-    permission="maintenance.run_log_statistics",
-)(operations.log_statistics)
+for name, serializer, policy in (
+    ("cleanup_runs", CleanupPayload, CLEANUP_POLICY),
+    ("health_check", HealthCheckPayload,
+     {"max_attempts": 2, "timeout": 30, "priority": 3, "backoff": QUICK_RETRY}),
+    ("cleanup_temp_files", CleanupPayload, CLEANUP_POLICY),
+    ("log_statistics", LogStatisticsPayload,
+     {"max_attempts": 2, "timeout": 10, "priority": 1, "backoff": QUICK_RETRY}),
+):  # fmt: skip
+    register(name, serializer=serializer, permission=f"maintenance.run_{name}", **policy)(
+        getattr(operations, name)
+    )
