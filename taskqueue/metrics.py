@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 from prometheus_client.core import (
     CollectorRegistry,
@@ -21,6 +21,7 @@ from prometheus_client.exposition import generate_latest
 from taskqueue.conf import conf
 from taskqueue.models import Task, TaskAttempt
 from taskqueue.services import alerts, monitoring
+from taskqueue.services.stats import duration_between
 
 BUCKETS = (0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -36,9 +37,8 @@ def _histogram(name: str, doc: str, rows: Any, group: str) -> HistogramMetricFam
 
 
 def _duration_rows(queryset: Any, group: str, start: str, end: str) -> Any:
-    duration = ExpressionWrapper(F(end) - F(start), output_field=DurationField())
     return (
-        queryset.annotate(duration=duration)
+        queryset.annotate(duration=duration_between(start, end))
         .values(group)
         .annotate(
             count=Count("pk"),

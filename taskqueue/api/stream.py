@@ -25,10 +25,9 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
 from taskqueue import backend, events
-from taskqueue.models import Task
+from taskqueue.models import MAX_ID, Task
 
 KEEPALIVE_SECONDS = 15
-MAX_ID = 2**63 - 1
 
 
 def _error(status: int, code: str, detail: str) -> JsonResponse:

@@ -25,12 +25,10 @@ from taskqueue.api.serializers import (
 )
 from taskqueue.api.throttling import EnqueueThrottle
 from taskqueue.conf import conf
-from taskqueue.models import Schedule, Task
+from taskqueue.models import MAX_ID, Schedule, Task
 from taskqueue.registry import get_task_type
 from taskqueue.services import CANCELLED, cancel_task, enqueue_task, retry_task
 from taskqueue.services.stats import system_stats
-
-MAX_ID = 2**63 - 1
 
 
 def errors(*codes: int) -> dict[int, OpenApiResponse]:
@@ -112,8 +110,7 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     def destroy(self, request: Request, pk: str) -> Response:
         """Cancel a queued or retrying task (200), or stop a running one (202)."""
         task = self.get_object()
-        outcome = cancel_task(task, by=request.user)
-        task.refresh_from_db()
+        outcome = cancel_task(task, by=request.user)  # the transition updates `task` too
         code = status.HTTP_200_OK if outcome == CANCELLED else status.HTTP_202_ACCEPTED
         return Response(TaskSerializer(task).data, status=code)
 

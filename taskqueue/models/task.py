@@ -20,6 +20,7 @@ from django.utils import timezone
 from taskqueue import events
 
 MESSAGE_LIMIT = 2000
+MAX_ID = 2**63 - 1  # the largest BigAutoField value: a bigger id in a URL matches no task
 TRACEBACK_LIMIT = 20000
 
 

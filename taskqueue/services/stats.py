@@ -43,14 +43,18 @@ def task_stats(*, window: timedelta = timedelta(hours=24)) -> dict[str, Any]:
             "1h": monitoring.failure_rate(timedelta(hours=1)),
             "24h": monitoring.failure_rate(timedelta(hours=24)),
         },
-        "run_seconds": _percentiles(run, "task__task_type", F("finished_at") - F("started_at")),
-        "wait_seconds": _percentiles(wait, "task_type", F("started_at") - F("created_at")),
+        "run_seconds": _percentiles(
+            run, "task__task_type", duration_between("started_at", "finished_at")
+        ),
+        "wait_seconds": _percentiles(
+            wait, "task_type", duration_between("created_at", "started_at")
+        ),
     }
 
 
 def _percentiles(queryset: QuerySet, group: str, duration: Any) -> dict[str, dict[str, Any]]:
     """{group value: {"count", "p50", "p95"}} of a duration, in seconds."""
-    queryset = queryset.annotate(duration=_as_duration(duration))
+    queryset = queryset.annotate(duration=duration)
     if connections[queryset.db].vendor == "postgresql":
         rows = queryset.values(group).annotate(
             count=Count("pk"),
@@ -76,8 +80,9 @@ def _percentiles(queryset: QuerySet, group: str, duration: Any) -> dict[str, dic
     return result
 
 
-def _as_duration(expression: Any) -> ExpressionWrapper:
-    return ExpressionWrapper(expression, output_field=DurationField())
+def duration_between(start: str, end: str) -> ExpressionWrapper:
+    """`end - start` as a duration, computed in the database."""
+    return ExpressionWrapper(F(end) - F(start), output_field=DurationField())
 
 
 def _seconds(value: Any) -> float | None:

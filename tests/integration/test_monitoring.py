@@ -2,7 +2,6 @@
 
 import re
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import yaml
@@ -140,7 +139,3 @@ def test_health_check_reports_firing_alerts(redis_db, roots):
     result = health_check()
     assert result["checks"]["alerts"]["status"] == "degraded"
     assert any(r.startswith("alerts: ") and "queue_waiting:default" in r for r in result["reasons"])
-
-
-def test_alert_rules_file_lives_where_the_docs_say():
-    assert Path(ROOT / "monitoring" / "prometheus-alerts.yml").is_file()
