@@ -80,7 +80,7 @@ def dispatch(task: "Task", *, delay: int = 0) -> None:
     backoff = get_task_type(task.task_type).policy.backoff
     options = {
         "job_id": task.job_id,
-        "args": (task.pk, task.dispatch),
+        "args": (task.pk, task.dispatch, task.task_type),
         "job_timeout": task.timeout,
         "result_ttl": conf.RESULT_TTL,
         "failure_ttl": conf.FAILURE_TTL,
@@ -146,6 +146,13 @@ class JobContext:
     @property
     def job_id(self) -> str:
         return self.job.id if self.job is not None else f"inline-{os.getpid()}"
+
+    @property
+    def timeout(self) -> int:
+        """The job's timeout in seconds (inline: the longest any task type may have)."""
+        if self.job is not None and self.job.timeout and self.job.timeout > 0:
+            return int(self.job.timeout)
+        return 24 * 3600
 
     def retry_delay(self) -> int | None:
         """Seconds until this job is retried if it fails now; None when it won't be.

@@ -11,13 +11,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connections, models, transaction
+from django.db import connections, models
 from django.db.models import F, Q
 from django.db.models.expressions import RawSQL
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from taskqueue import events
+from taskqueue.models import statements
 
 MESSAGE_LIMIT = 2000
 MAX_ID = 2**63 - 1  # the largest BigAutoField value: a bigger id in a URL matches no task
@@ -39,6 +39,16 @@ class TaskQuerySet(models.QuerySet):
 
     def finished_before(self, moment: datetime) -> "TaskQuerySet":
         return self.terminal().filter(finished_at__lt=moment)
+
+    def lease(self, task_id: int, *, dispatch: int, worker_name: str) -> "Task | None":
+        """queued/retrying → leased with a new attempt, in one statement; the task or None.
+
+        What a work horse runs first: no read before it (the leased row comes back).
+        """
+        task = statements.lease(task_id, dispatch, worker_name)
+        if task is not None:
+            events.task_changed(task)
+        return task
 
     def with_attempt_history(self) -> "TaskQuerySet":
         """Annotate `attempt_history`, every attempt as a JSON list, in the same query."""
@@ -149,30 +159,17 @@ class Task(models.Model):
             events.task_changed(self)
         return applied
 
-    def lease(self, *, dispatch: int, worker_name: str) -> "TaskAttempt | None":
-        """queued/retrying → leased for a new attempt, if `dispatch` is still current."""
-        now = timezone.now()
-        number = self.attempts + 1
-        with transaction.atomic():
-            applied = self._transition(
-                self.WAITING_STATUSES,
-                {
-                    "status": self.Status.LEASED,
-                    "attempts": F("attempts") + 1,
-                    "started_at": Coalesce(F("started_at"), now),
-                    "leased_at": now,
-                    "next_attempt_at": None,
-                },
-                dispatch=dispatch,
-                attempts=self.attempts,
-            )
-            if not applied:
-                return None
-            self.attempts = number
-            self.started_at = self.started_at or now
-            return TaskAttempt.objects.create(
-                task=self, number=number, started_at=now, worker_name=worker_name[:200]
-            )
+    def lease(self, *, dispatch: int, worker_name: str) -> int | None:
+        """queued/retrying → leased for a new attempt, if `dispatch` is still current.
+
+        Returns the new attempt's number (this instance now holds the leased row), or None.
+        """
+        leased = Task.objects.lease(self.pk, dispatch=dispatch, worker_name=worker_name)
+        if leased is None:
+            return None
+        for field in self._meta.concrete_fields:
+            setattr(self, field.attname, getattr(leased, field.attname))
+        return self.attempts
 
     def complete(self, *, attempt: int, result: dict[str, Any]) -> bool:
         """leased → completed with the handler's JSON result."""
@@ -204,22 +201,18 @@ class Task(models.Model):
 
     def _end_attempt(self, number: int, status: str, values: dict[str, Any]) -> bool:
         now = timezone.now()
+        values = {**values, "status": status, "updated_at": now}
         if status in self.TERMINAL_STATUSES:
             values["finished_at"] = now
-        values["status"] = status
-        with transaction.atomic():
-            if not self._transition((self.Status.LEASED,), values, attempts=number):
-                return False
-            outcome = {
-                self.Status.COMPLETED: TaskAttempt.Outcome.COMPLETED,
-                self.Status.CANCELLED: TaskAttempt.Outcome.STOPPED,
-            }.get(status, TaskAttempt.Outcome.FAILED)
-            TaskAttempt.objects.filter(task=self, number=number).update(
-                outcome=outcome,
-                finished_at=now,
-                error_code=values.get("error_code", ""),
-                error_message=values.get("error_message", ""),
-            )
+        outcome = {
+            self.Status.COMPLETED: TaskAttempt.Outcome.COMPLETED,
+            self.Status.CANCELLED: TaskAttempt.Outcome.STOPPED,
+        }.get(status, TaskAttempt.Outcome.FAILED)
+        if not statements.end_attempt(self.pk, number, values, outcome, now):
+            return False
+        for name, value in values.items():
+            setattr(self, name, value)
+        events.task_changed(self)
         return True
 
     def cancel(self, *, by: Any = None) -> bool:

@@ -138,3 +138,15 @@ def test_an_attempt_far_past_its_timeout_is_given_up_whatever_rq_says(redis_db) 
     assert reconcile_tasks() == {"worker_lost": 1}
     task.refresh_from_db()
     assert (task.status, task.error_code) == ("failed", "worker_lost")
+
+
+def test_a_task_leased_an_instant_before_its_horse_marks_the_job_started_is_left_alone(
+    redis_db,
+) -> None:
+    """The worker leases before it forks; until the horse runs, RQ still says `queued`."""
+    task, _ = enqueue_task("ping")
+    lease(task)
+    assert backend.job_states([task.job_id])[task.job_id].status == "queued"
+    assert reconcile_tasks() == {}
+    with NO_GRACE:
+        assert reconcile_tasks() == {"worker_lost": 1}

@@ -120,8 +120,9 @@ def test_two_leases_of_the_same_attempt_only_one_wins() -> None:
 
 def test_lease_records_an_attempt_and_the_first_start() -> None:
     task = make(S.QUEUED)
-    attempt = task.lease(dispatch=0, worker_name="worker-1")
+    assert task.lease(dispatch=0, worker_name="worker-1") == 1
     stored = Task.objects.get(pk=task.pk)
+    attempt = stored.attempt_set.get()
     assert (attempt.number, attempt.worker_name, attempt.outcome) == (1, "worker-1", "running")
     assert stored.started_at is not None
     first_start = stored.started_at

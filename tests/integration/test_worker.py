@@ -216,3 +216,51 @@ def test_the_worker_warm_up_leaves_nothing_behind(redis_db) -> None:
     warm_up()
     assert Task.objects.count() == 0
     assert TaskAttempt.objects.count() == 0
+
+
+@pytest.fixture
+def horse_view():
+    """Lease as the worker does before forking, then run as its horse would (no fork)."""
+    from taskqueue import execution
+
+    def lease_then_run(task: Task) -> dict:
+        job = Job.fetch(task.job_id, connection=backend.get_connection())
+        execution._lease_before_fork(job, "the-worker")
+        leased = Task.objects.get(pk=task.pk)
+        context = backend.JobContext(job)
+        result = execution.run_attempt(task.pk, task.dispatch, context, *job.args[2:])
+        by_worker = job.id in execution._leased_by_worker
+        return {"leased": leased, "result": result, "by_worker": by_worker}
+
+    yield lease_then_run
+    execution._leased_by_worker.clear()
+
+
+def test_the_worker_leases_before_forking_and_the_horse_runs_that_lease(horse_view, marker) -> None:
+    task, _ = enqueue_task("diagnostic", {"action": "succeed", "marker": marker})
+    seen = horse_view(task)
+    assert seen["by_worker"]
+    assert (seen["leased"].status, seen["leased"].attempts) == ("leased", 1)
+    task.refresh_from_db()
+    assert (task.status, task.attempts) == ("completed", 1)
+    assert [(a.number, a.worker_name) for a in task.attempt_set.all()] == [(1, "the-worker")]
+    assert [line.split()[0] for line in witness(marker)] == ["start", "end"]
+
+
+def test_a_lease_the_worker_could_not_take_is_never_run(horse_view, marker) -> None:
+    task, _ = enqueue_task("diagnostic", {"action": "succeed", "marker": marker})
+    Task.objects.get(pk=task.pk).cancel()  # cancelled after RQ handed the job to a worker
+    seen = horse_view(task)
+    assert seen["by_worker"]
+    assert seen["result"] == {backend.SKIPPED: "cancelled"}
+    assert witness(marker) == []
+    assert Task.objects.get(pk=task.pk).attempt_set.count() == 0
+
+
+def test_exclusive_types_are_leased_by_the_horse_after_their_lock(horse_view, marker) -> None:
+    task, _ = enqueue_task("diagnostic_exclusive", {"action": "succeed", "marker": marker})
+    seen = horse_view(task)
+    assert not seen["by_worker"]
+    assert seen["leased"].status == "queued"  # nothing leased before the lock
+    task.refresh_from_db()
+    assert (task.status, task.attempts) == ("completed", 1)
