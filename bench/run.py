@@ -25,6 +25,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from project.http import UVICORN_OPTIONS  # noqa: E402
 from scripts.embedded_redis import embedded_redis  # noqa: E402
 
 PYTHON = sys.executable
@@ -137,8 +138,7 @@ class Bench:
                 "--workers",
                 "2",
                 "--no-access-log",
-                "--http",
-                "project.http:NoDelayH11Protocol",
+                *UVICORN_OPTIONS,
                 "--log-level",
                 "warning",
             ],

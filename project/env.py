@@ -65,7 +65,7 @@ def secret_key(var_dir: Path) -> str:
     return value
 
 
-def database_config(var_dir: Path) -> dict:
+def database_config(var_dir: Path, *, pool_size: int) -> dict:
     """DATABASES['default'] from DATABASE_URL, SQLite under var/ by default."""
     import dj_database_url
 
@@ -78,10 +78,10 @@ def database_config(var_dir: Path) -> dict:
             "expected e.g. postgres://user@127.0.0.1:5432/name or sqlite:////abs/path.db"
         ) from None
     if config["ENGINE"] == "django.db.backends.postgresql" and env_bool("DATABASE_POOL", False):
-        # Web processes only (make run sets it for uvicorn): under ASGI every request runs
-        # in a thread of its own, so only a pool lets connections outlive a request. Never
-        # in workers, which fork and hand their connection to the work horse instead.
-        config["OPTIONS"] = {"pool": {"min_size": 2, "max_size": 8, "timeout": 10}}
+        # Web processes only (make run sets it for uvicorn): one connection per view thread
+        # at most, opened once. Never in workers, which fork and hand their connection to
+        # the work horse instead.
+        config["OPTIONS"] = {"pool": {"min_size": 2, "max_size": pool_size, "timeout": 10}}
     if config["ENGINE"] == "django.db.backends.sqlite3":
         var_dir.mkdir(parents=True, exist_ok=True)
         # Several processes (web, worker, cron) share the file: wait for locks, don't fail.

@@ -65,7 +65,9 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": database_config(VAR_DIR)}
+# Threads of each web process running Django's views (project/asgi.py).
+WEB_THREADS = env_int("WEB_THREADS", 8, minimum=1)
+DATABASES = {"default": database_config(VAR_DIR, pool_size=WEB_THREADS)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = redis_url(VAR_DIR)
@@ -118,7 +120,7 @@ AUTH_PASSWORD_VALIDATORS = [
 REST_FRAMEWORK = {
     # Token first: an anonymous API client is told 401 with `WWW-Authenticate: Token`.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "taskqueue.api.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],

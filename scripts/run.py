@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from project.http import UVICORN_OPTIONS
 from scripts.embedded_redis import ROOT, VAR_DIR, die_with_parent, embedded_redis
 
 PYTHON = sys.executable
@@ -24,7 +25,7 @@ MANAGE = [PYTHON, str(ROOT / "manage.py")]
 def services(port: str) -> dict[str, list[str]]:
     return {
         "web": [PYTHON, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
-                "--port", port, "--no-access-log", "--http", "project.http:NoDelayH11Protocol"],
+                "--port", port, "--no-access-log", *UVICORN_OPTIONS],
         "worker": [*MANAGE, "rqworker", "high", "default", "low", "--with-scheduler"],
         "cron": [*MANAGE, "rqcron", "taskqueue.cron"],
     }  # fmt: skip

@@ -38,6 +38,8 @@ DEFAULTS: dict[str, Any] = {
     "FAILURE_RATE_MIN_TASKS": 5,
     # A queue whose oldest job waits longer than this fires the `queue_waiting` alert.
     "ALERT_QUEUE_AGE_SECONDS": 600,
+    # Seconds an API token's user is remembered by each web process (0: read every time).
+    "TOKEN_CACHE_SECONDS": 5,
     # Bounds on Redis calls made on the request path, in seconds.
     "REDIS_CONNECT_TIMEOUT": 2.0,
     "REDIS_SOCKET_TIMEOUT": 10.0,

@@ -14,6 +14,7 @@ from django.test import override_settings
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from project.http import UVICORN_OPTIONS
 from tests.helpers import (
     ROOT,
     free_port,
@@ -153,7 +154,7 @@ def web_server(
     port = free_port()
     log = (tmp_path_factory.mktemp("web") / "web.log").open("w")
     command = [sys.executable, "-m", "uvicorn", "project.asgi:application", "--host", "127.0.0.1",
-               "--port", str(port), "--no-access-log"]  # fmt: skip
+               "--port", str(port), "--no-access-log", *UVICORN_OPTIONS]  # fmt: skip
     process = subprocess.Popen(
         command,
         cwd=ROOT,

@@ -20,11 +20,12 @@ from django.core.handlers.asgi import ASGIRequest
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
 from taskqueue import backend, events
+from taskqueue.api.authentication import CachedTokenAuthentication
 from taskqueue.models import MAX_ID, Task
 
 KEEPALIVE_SECONDS = 15
@@ -46,7 +47,7 @@ def _authorize(request: HttpRequest, task_id: int | None) -> JsonResponse | None
             )
             request.user = get_user(request)
         drf_request = Request(
-            request, authenticators=[TokenAuthentication(), SessionAuthentication()]
+            request, authenticators=[CachedTokenAuthentication(), SessionAuthentication()]
         )
         try:
             user = drf_request.user

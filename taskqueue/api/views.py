@@ -143,7 +143,6 @@ class EnqueueView(APIView):
 
     task_type: ClassVar[str] = ""
     permission_classes = [StaffWithPermission]
-    throttle_scope = "enqueue"
 
     def get_throttles(self) -> list[Any]:
         return [EnqueueThrottle()] if self.request.method == "POST" else []

@@ -326,6 +326,15 @@ def count_actions(counts: dict[str, int], *, name: str) -> None:
             pipeline.execute()
 
 
+def count_hit(key: str, *, expire: int) -> int:
+    """Add one to the counter `key` (kept `expire` seconds); its new value. One round trip."""
+    with get_connection().pipeline(transaction=False) as pipeline:
+        pipeline.incr(key)
+        pipeline.expire(key, expire)
+        hits, _ = pipeline.execute()
+    return int(hits)
+
+
 def action_totals(name: str) -> dict[str, int]:
     raw = get_connection().hgetall(f"taskqueue:actions:{name}")
     return {key.decode(): int(value) for key, value in raw.items()}

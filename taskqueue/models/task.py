@@ -50,6 +50,10 @@ class TaskQuerySet(models.QuerySet):
             events.task_changed(task)
         return task
 
+    def has_active(self, task_type: str, *, at_least: int) -> bool:
+        """Whether `at_least` tasks of `task_type` are active (reads at most that many)."""
+        return statements.has_active(task_type, at_least)
+
     def with_attempt_history(self) -> "TaskQuerySet":
         """Annotate `attempt_history`, every attempt as a JSON list, in the same query."""
         return self.annotate(attempt_history=_attempt_history_sql(self.db))

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -68,7 +69,9 @@ def enqueue_task(
         "retry_of": retry_of,
     }
     try:
-        with transaction.atomic():
+        # Only a deduplicated type can collide (and then must not spoil the caller's
+        # transaction); others save in autocommit, without BEGIN and COMMIT round trips.
+        with transaction.atomic() if dedup_key else nullcontext():
             task = Task.objects.create(**fields)
     except IntegrityError:
         existing = Task.objects.active().filter(dedup_key=dedup_key).first() if dedup_key else None
@@ -87,9 +90,7 @@ def enqueue_task(
 def _at_cap(task_type: str) -> bool:
     """Whether MAX_ACTIVE_PER_TYPE tasks of this type are active: an index scan of at most
     that many entries (a COUNT would read them all), so the check stays cheap under load."""
-    cap = conf.MAX_ACTIVE_PER_TYPE
-    active = Task.objects.active().filter(task_type=task_type).order_by().values("pk")
-    return active[cap - 1 : cap].exists()
+    return Task.objects.has_active(task_type, at_least=conf.MAX_ACTIVE_PER_TYPE)
 
 
 def _dedup_key(task_type: str, payload: dict[str, Any]) -> str:

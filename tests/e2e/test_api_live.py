@@ -5,6 +5,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from email.message import Message
 from typing import Any
 
 import pytest
@@ -25,7 +26,8 @@ class Client:
     def __init__(self, url: str, token: str) -> None:
         self.url, self.token = url, token
 
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, dict, dict]:
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, dict, Message]:
+        """(status, JSON body, headers); header names are case-insensitive, as in HTTP."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + path, data=data, method=method)
         request.add_header("Authorization", f"Token {self.token}")
@@ -33,9 +35,9 @@ class Client:
             request.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read() or b"{}"), dict(response.headers)
+                return response.status, json.loads(response.read() or b"{}"), response.headers
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}"), dict(exc.headers)
+            return exc.code, json.loads(exc.read() or b"{}"), exc.headers
 
     def task(self, task_id: int) -> dict:
         return self.call("GET", f"{BASE}/tasks/{task_id}")[1]

@@ -22,6 +22,7 @@ from django.db import connection
 from django.test import override_settings
 from rest_framework.authtoken.models import Token
 
+from project.http import UVICORN_OPTIONS
 from scripts.embedded_redis import redis_server_binary
 from taskqueue.models import Task
 from taskqueue.services import cancel_task, enqueue_task, reconcile_tasks
@@ -171,7 +172,8 @@ def test_posts_while_redis_is_down_are_accepted_and_run_once_it_is_back(
     env = subprocess_env(REDIS_URL=private_redis.url)  # not started: Redis is down
     with (tmp_path / "web.log").open("w") as log:
         web = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "project.asgi:application", "--port", str(port)],
+            [sys.executable, "-m", "uvicorn", "project.asgi:application", "--port", str(port),
+             *UVICORN_OPTIONS],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
