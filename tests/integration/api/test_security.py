@@ -141,3 +141,40 @@ def test_the_schema_is_valid_openapi(capsys):
 def test_unknown_api_urls_are_json_404(api):
     response = api.get("/api/nothing/here")
     assert (response.status_code, response.json()["code"]) == (404, "not_found")
+
+
+def test_a_deleted_token_or_an_inactive_user_is_refused_at_once_despite_the_cache(
+    make_client, django_user_model, task
+):
+    """Token look-ups are cached for a few seconds; a change in this process clears them."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from rest_framework.authtoken.models import Token
+
+    client = make_client("cached", perms=("taskqueue.view_task",))
+    assert client.get(f"{BASE}/tasks/{task.pk}").status_code == 200
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(f"{BASE}/tasks/{task.pk}").status_code == 200
+    assert not [q for q in queries if "authtoken" in q["sql"] or "permission" in q["sql"]]
+    user = django_user_model.objects.get(username="cached")
+    user.is_active = False
+    user.save()
+    assert client.get(f"{BASE}/tasks/{task.pk}").status_code == 401
+    user.is_active = True
+    user.save()
+    assert client.get(f"{BASE}/tasks/{task.pk}").status_code == 200
+    Token.objects.filter(user=user).delete()
+    assert client.get(f"{BASE}/tasks/{task.pk}").status_code == 401
+
+
+def test_a_permission_granted_while_a_token_is_cached_counts_after_the_cache_expires(
+    make_client, django_user_model, task, settings
+):
+    from django.contrib.auth.models import Permission
+
+    settings.TASKQUEUE = {**getattr(settings, "TASKQUEUE", {}), "TOKEN_CACHE_SECONDS": 0}
+    client = make_client("late", perms=())
+    assert client.get(f"{BASE}/tasks/{task.pk}").status_code == 403
+    user = django_user_model.objects.get(username="late")
+    user.user_permissions.add(Permission.objects.get(codename="view_task"))
+    assert client.get(f"{BASE}/tasks/{task.pk}").status_code == 200
