@@ -183,6 +183,8 @@ class Bench:
     def repeat_wrk(self, path: str, connections: int, **env: str) -> dict:
         from taskqueue.models import Task
 
+        # Warm-up, not measured: every server thread opens its connections once.
+        self.wrk(path, connections, 1, **env)
         if env.get("WRK_METHOD") == "POST":  # no worker drains them: start each run empty
             Task.objects.filter(status="queued").delete()
         runs = [
