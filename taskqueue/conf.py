@@ -38,6 +38,9 @@ DEFAULTS: dict[str, Any] = {
     "FAILURE_RATE_MIN_TASKS": 5,
     # A queue whose oldest job waits longer than this fires the `queue_waiting` alert.
     "ALERT_QUEUE_AGE_SECONDS": 600,
+    # Prepare the worker's two hot statements once per PostgreSQL session (False behind a
+    # pooler that does not keep sessions, such as PgBouncer in transaction mode).
+    "PREPARE_STATEMENTS": True,
     # Seconds an API token's user is remembered by each web process (0: read every time).
     "TOKEN_CACHE_SECONDS": 5,
     # Bounds on Redis calls made on the request path, in seconds.

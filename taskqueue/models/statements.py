@@ -7,17 +7,29 @@ one round trip, no explicit transaction) and two in one transaction on SQLite (w
 `RETURNING` but no data-modifying CTEs). The semantics are `Task._transition`'s: a
 conditional UPDATE that says whether it applied.
 
+On PostgreSQL the lease and the completion are also prepared once per database session
+(PREPARE, then EXECUTE): planning the CTEs cost more server time than running them (0.41
+against 0.27 ms for the lease, measured). A worker's session is shared with its work
+horses, so whichever process prepares a statement first, both use it. Behind a pooler that
+does not keep sessions (PgBouncer in transaction mode) set TASKQUEUE["PREPARE_STATEMENTS"]
+to False.
+
 Only this module's own table and column names are interpolated into the SQL, never input.
 """
 # ruff: noqa: S608
 
+import hashlib
+import re
+import weakref
 from contextlib import nullcontext
 from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections, router, transaction
+from django.db import ProgrammingError, connections, router, transaction
 from django.utils import timezone
+
+from taskqueue.conf import conf
 
 if TYPE_CHECKING:
     from taskqueue.models.task import Task
@@ -77,7 +89,7 @@ def lease(task_id: int, dispatch: int, worker_name: str) -> "Task | None":
     first, second = _lease_sql(connection.vendor)
     atomic = transaction.atomic(using=alias, savepoint=False) if second else nullcontext()
     with atomic, connection.cursor() as cursor:
-        cursor.execute(first, params)
+        _execute(connection, cursor, first, params)
         row = cursor.fetchone()
         if row is not None and second:
             cursor.execute(second, params)
@@ -106,7 +118,7 @@ def end_attempt(
     }
     atomic = transaction.atomic(using=alias, savepoint=False) if attempt_sql else nullcontext()
     with atomic, connection.cursor() as cursor:
-        cursor.execute(task_sql, params)
+        _execute(connection, cursor, task_sql, params)
         applied = cursor.fetchone() is not None
         if applied and attempt_sql:
             cursor.execute(attempt_sql, params)
@@ -132,6 +144,67 @@ def _end_sql(vendor: str, names: tuple[str, ...]) -> tuple[str, str]:
         closing = close.format(source="(SELECT id FROM t)")
         return f"WITH t AS ({update}), a AS ({closing}) SELECT id FROM t", ""
     return update, close.format(source="%(id)s")
+
+
+# PostgreSQL types of the statements' parameters; a statement with a parameter not named
+# here (a rarer end of attempt) is run without being prepared.
+PARAMETER_TYPES = {
+    "id": "bigint",
+    "dispatch": "integer",
+    "number": "integer",
+    "now": "timestamptz",
+    "finished": "timestamptz",
+    "worker": "varchar",
+    "outcome": "varchar",
+    "code": "varchar",
+    "message": "text",
+    "v_status": "varchar",
+    "v_result": "jsonb",
+    "v_updated_at": "timestamptz",
+    "v_finished_at": "timestamptz",
+}
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+# The statements prepared on each PostgreSQL connection (inherited by work horses).
+_prepared: "weakref.WeakKeyDictionary[Any, set[str]]" = weakref.WeakKeyDictionary()
+
+
+@cache
+def _prepared_form(sql: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """(name, PREPARE statement, parameter names in $n order) or None if not preparable."""
+    names: list[str] = []
+    for name in _PLACEHOLDER.findall(sql):
+        if name not in names:
+            names.append(name)
+    if not all(name in PARAMETER_TYPES for name in names):
+        return None
+    numbered = _PLACEHOLDER.sub(lambda m: f"${names.index(m.group(1)) + 1}", sql)
+    statement = "taskqueue_" + hashlib.sha256(sql.encode()).hexdigest()[:16]
+    types = ", ".join(PARAMETER_TYPES[name] for name in names)
+    return statement, f"PREPARE {statement} ({types}) AS {numbered}", tuple(names)
+
+
+def _execute(connection: Any, cursor: Any, sql: str, params: dict[str, Any]) -> None:
+    """Run `sql`, as a statement prepared once per session where that is possible."""
+    form = _prepared_form(sql) if connection.vendor == "postgresql" else None
+    if form is None or not conf.PREPARE_STATEMENTS:
+        cursor.execute(sql, params)
+        return
+    statement, prepare, names = form
+    known = _prepared.setdefault(connection.connection, set())
+    if statement not in known:
+        cursor.execute("SELECT 1 FROM pg_prepared_statements WHERE name = %s", [statement])
+        if cursor.fetchone() is None:
+            cursor.execute(prepare)
+        known.add(statement)
+    try:
+        placeholders = ", ".join(["%s"] * len(names))
+        cursor.execute(f"EXECUTE {statement}({placeholders})", [params[n] for n in names])
+    except ProgrammingError:
+        # Deallocated behind our back (DISCARD ALL, a pooler): forget it, run it plainly.
+        known.discard(statement)
+        if connection.in_atomic_block:
+            raise
+        cursor.execute(sql, params)
 
 
 def _db_value(name: str, value: Any, connection: Any) -> Any:

@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from taskqueue.models import Task
@@ -153,3 +154,27 @@ def test_request_stop_is_recorded_once_and_keeps_the_task_leased() -> None:
     stored = Task.objects.get(pk=task.pk)
     assert stored.status == S.LEASED
     assert stored.stop_requested_at is not None
+
+
+@pytest.mark.django_db(transaction=True)  # the statements run in autocommit, as in workers
+@pytest.mark.skipif(
+    "postgresql" not in settings.DATABASES["default"]["ENGINE"],
+    reason="prepared statements are PostgreSQL's",
+)
+def test_the_hot_statements_are_prepared_once_and_survive_being_deallocated() -> None:
+    from django.db import connection
+
+    def prepared() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'taskq%%'")
+            return cursor.fetchone()[0]
+
+    first, second = make(S.QUEUED), make(S.QUEUED)
+    assert first.lease(dispatch=0, worker_name="w") == 1
+    assert first.complete(attempt=1, result={"n": 1}) is True
+    assert prepared() == 2  # the lease and the completion
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")  # what a pooler resetting sessions does
+    assert second.lease(dispatch=0, worker_name="w") == 1
+    assert second.complete(attempt=1, result={"n": 2}) is True
+    assert Task.objects.get(pk=second.pk).result == {"n": 2}
