@@ -50,9 +50,9 @@ class TaskQuerySet(models.QuerySet):
             events.task_changed(task)
         return task
 
-    def has_active(self, task_type: str, *, at_least: int) -> bool:
-        """Whether `at_least` tasks of `task_type` are active (reads at most that many)."""
-        return statements.has_active(task_type, at_least)
+    def count_active(self, task_type: str, *, up_to: int) -> int:
+        """How many tasks of `task_type` are active, counting no further than `up_to`."""
+        return statements.count_active(task_type, up_to)
 
     def with_attempt_history(self) -> "TaskQuerySet":
         """Annotate `attempt_history`, every attempt as a JSON list, in the same query."""

@@ -133,3 +133,27 @@ def test_inline_failures_use_every_attempt() -> None:
     task.refresh_from_db()
     assert (task.status, task.attempts, task.error_code) == ("failed", 3, "exception")
     assert [a.outcome for a in task.attempt_set.all()] == ["failed"] * 3
+
+
+def test_the_cap_is_counted_once_a_second_far_below_it_and_on_every_enqueue_near_it(
+    monkeypatch,
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from taskqueue.exceptions import TooManyActiveTasks
+    from taskqueue.services import lifecycle
+
+    lifecycle._cap_seen.clear()
+    monkeypatch.setattr(lifecycle, "CAP_RECOUNT_SECONDS", 60.0)  # however slow this machine
+    counts = []
+    with override_settings(TASKQUEUE={"MAX_ACTIVE_PER_TYPE": 10}):
+        for _ in range(10):
+            with CaptureQueriesContext(connection) as queries:
+                enqueue_task("ping")
+            counts.append(sum("count(*)" in q["sql"].lower() for q in queries))
+        with pytest.raises(TooManyActiveTasks):
+            enqueue_task("ping")
+    # Counted on the first enqueue; trusted while under half the cap; then every time.
+    assert counts == [1, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+    assert Task.objects.filter(task_type="ping").count() == 10
