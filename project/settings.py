@@ -82,7 +82,7 @@ CACHES = {
 
 _rq_connection = {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 300}
 RQ_QUEUES = {name: dict(_rq_connection) for name in ("high", "default", "low")}
-RQ = {"WORKER_CLASS": "taskqueue.execution.Worker"}
+RQ = {"WORKER_CLASS": "taskqueue.worker.Worker"}
 # django-rq's own dashboard can change jobs behind the mirror's back: not mounted.
 RQ_SHOW_ADMIN_LINK = False
 

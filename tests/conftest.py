@@ -67,8 +67,8 @@ def redis_db(redis_connection: redis.Redis) -> Iterator[redis.Redis]:
 def run_worker(redis_db: redis.Redis) -> Callable[..., None]:
     """Drain the queues with our forking worker in burst mode, in this process."""
     from taskqueue import backend
-    from taskqueue.execution import Worker
     from taskqueue.registry import QUEUES
+    from taskqueue.worker import Worker
 
     def run(**kwargs: object) -> None:
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}

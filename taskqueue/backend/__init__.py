@@ -1,4 +1,4 @@
-"""The RQ / Redis boundary: with execution.py, the only code that imports rq or redis.
+"""The RQ / Redis boundary: with worker.py, the only code that imports rq or redis.
 
 One Redis client per process (redis-py's pool is fork-safe), so the enqueue path never
 opens a connection per request.

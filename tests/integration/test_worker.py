@@ -210,8 +210,8 @@ def test_work_horses_reuse_the_worker_database_connection(run_worker) -> None:
 
 
 def test_the_worker_warm_up_leaves_nothing_behind(redis_db) -> None:
-    from taskqueue.execution import warm_up
     from taskqueue.models import TaskAttempt
+    from taskqueue.worker import warm_up
 
     warm_up()
     assert Task.objects.count() == 0
@@ -220,27 +220,43 @@ def test_the_worker_warm_up_leaves_nothing_behind(redis_db) -> None:
 
 @pytest.fixture
 def horse_view():
-    """Lease as the worker does before forking, then run as its horse would (no fork)."""
-    from taskqueue import execution
+    """The worker's side and the horse's side of one job, in this process (no fork)."""
+    from taskqueue import execution, worker
 
     def lease_then_run(task: Task) -> dict:
         job = Job.fetch(task.job_id, connection=backend.get_connection())
-        execution._lease_before_fork(job, "the-worker")
+        lease = worker.lease_before_fork(job, "the-worker")
+        reader = None
+        if lease is not None and lease.task is not None:
+            reader, lease.report_fd = os.pipe()
+        if lease is not None:
+            execution.handoff[job.id] = lease
         leased = Task.objects.get(pk=task.pk)
-        context = backend.JobContext(job)
-        result = execution.run_attempt(task.pk, task.dispatch, context, *job.args[2:])
-        by_worker = job.id in execution._leased_by_worker
-        return {"leased": leased, "result": result, "by_worker": by_worker}
+        result = failure = None
+        try:
+            context = backend.JobContext(job)
+            result = execution.run_attempt(task.pk, task.dispatch, context, *job.args[2:])
+        except Exception as exc:  # re-raised once the worker's side has run, as RQ would
+            failure = exc
+        finally:
+            execution.handoff.clear()
+            if reader is not None:
+                os.close(lease.report_fd)
+        after_run = Task.objects.get(pk=task.pk)
+        worker.record_after_horse(job, None, lease, reader, os.EX_OK)
+        if failure is not None:
+            raise failure
+        return {"leased": leased, "after_run": after_run, "result": result, "lease": lease}
 
-    yield lease_then_run
-    execution._leased_by_worker.clear()
+    return lease_then_run
 
 
 def test_the_worker_leases_before_forking_and_the_horse_runs_that_lease(horse_view, marker) -> None:
     task, _ = enqueue_task("diagnostic", {"action": "succeed", "marker": marker})
     seen = horse_view(task)
-    assert seen["by_worker"]
+    assert seen["lease"] is not None
     assert (seen["leased"].status, seen["leased"].attempts) == ("leased", 1)
+    assert seen["after_run"].status == "leased"  # the horse only reported its outcome
     task.refresh_from_db()
     assert (task.status, task.attempts) == ("completed", 1)
     assert [(a.number, a.worker_name) for a in task.attempt_set.all()] == [(1, "the-worker")]
@@ -251,7 +267,7 @@ def test_a_lease_the_worker_could_not_take_is_never_run(horse_view, marker) -> N
     task, _ = enqueue_task("diagnostic", {"action": "succeed", "marker": marker})
     Task.objects.get(pk=task.pk).cancel()  # cancelled after RQ handed the job to a worker
     seen = horse_view(task)
-    assert seen["by_worker"]
+    assert seen["lease"].task is None
     assert seen["result"] == {backend.SKIPPED: "cancelled"}
     assert witness(marker) == []
     assert Task.objects.get(pk=task.pk).attempt_set.count() == 0
@@ -260,7 +276,33 @@ def test_a_lease_the_worker_could_not_take_is_never_run(horse_view, marker) -> N
 def test_exclusive_types_are_leased_by_the_horse_after_their_lock(horse_view, marker) -> None:
     task, _ = enqueue_task("diagnostic_exclusive", {"action": "succeed", "marker": marker})
     seen = horse_view(task)
-    assert not seen["by_worker"]
+    assert seen["lease"] is None
     assert seen["leased"].status == "queued"  # nothing leased before the lock
     task.refresh_from_db()
     assert (task.status, task.attempts) == ("completed", 1)
+
+
+def test_a_failure_the_horse_reports_is_recorded_by_the_worker(horse_view, marker) -> None:
+    task, _ = enqueue_task("diagnostic", {"action": "fail", "marker": marker})
+    with pytest.raises(RuntimeError, match="diagnostic failure on request"):
+        horse_view(task)
+    task.refresh_from_db()
+    assert (task.status, task.error_code) == ("retrying", "exception")
+    assert task.next_attempt_at is not None
+    assert "failure on request" in task.error_message and "Traceback" in task.error_traceback
+    attempt = task.attempt_set.get()
+    assert (attempt.outcome, attempt.error_code) == ("failed", "exception")
+
+
+def test_a_result_too_large_for_the_pipe_is_recorded_by_the_horse(horse_view) -> None:
+    from taskqueue.registry import register, unregister
+
+    register("large_result")(lambda: {"text": "x" * 100_000})
+    try:
+        task, _ = enqueue_task("large_result")
+        seen = horse_view(task)
+    finally:
+        unregister("large_result")
+    assert seen["after_run"].status == "completed"  # written by the horse, not the worker
+    task.refresh_from_db()
+    assert (task.status, len(task.result["text"])) == ("completed", 100_000)
