@@ -87,14 +87,27 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(responses={200: TaskDetailSerializer, 304: None, **errors(401, 403, 404)})
     def retrieve(self, request: Request, pk: str) -> Response:
-        """One task with its attempts. Answers 304 to a matching If-None-Match."""
-        task = self.get_object()
-        etag = f'"{task.pk}-{int(task.updated_at.timestamp() * 1_000_000)}"'
-        modified = task.updated_at.timestamp()
-        not_modified = get_conditional_response(
+        """One task with its attempts. Answers 304 to a matching If-None-Match.
+
+        A conditional request reads the task's `updated_at` first, and the task with its
+        attempts only when it changed: polling an unchanged task costs an index look-up.
+        """
+        conditional = "If-None-Match" in request.headers or "If-Modified-Since" in request.headers
+        stamp = None
+        if conditional and int(self.kwargs["pk"]) <= MAX_ID:
+            stamp = Task.objects.filter(pk=pk).values_list("updated_at", flat=True).first()
+        task = None if stamp is not None else self.get_object()
+        updated_at = stamp or task.updated_at
+        etag = f'"{int(pk)}-{int(updated_at.timestamp() * 1_000_000)}"'
+        modified = updated_at.timestamp()
+        response = get_conditional_response(
             request._request, etag=etag, last_modified=int(modified)
         )
-        response = not_modified or Response(TaskDetailSerializer(task).data)
+        if response is None:
+            task = task or self.get_object()
+            etag = f'"{task.pk}-{int(task.updated_at.timestamp() * 1_000_000)}"'
+            modified = task.updated_at.timestamp()
+            response = Response(TaskDetailSerializer(task).data)
         response["ETag"] = etag
         response["Last-Modified"] = http_date(modified)
         response["Cache-Control"] = "private, no-cache"

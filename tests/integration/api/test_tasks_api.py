@@ -113,6 +113,21 @@ def test_a_conditional_get_answers_304_until_the_task_changes(api):
     changed = api.get(f"{BASE}/tasks/{task.pk}", HTTP_IF_NONE_MATCH=etag)
     assert changed.status_code == 200
     assert changed["ETag"] != etag
+    assert changed.json()["status"] == "cancelled"
+
+
+def test_polling_an_unchanged_task_reads_only_its_timestamp(api):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    task = Task.objects.create(task_type="ping")
+    etag = api.get(f"{BASE}/tasks/{task.pk}")["ETag"]
+    with CaptureQueriesContext(connection) as queries:
+        assert api.get(f"{BASE}/tasks/{task.pk}", HTTP_IF_NONE_MATCH=etag).status_code == 304
+    assert len(queries) == 1
+    assert "attempt" not in queries[0]["sql"].lower()
+    for missing in ("999999", "99999999999999999999"):
+        assert api.get(f"{BASE}/tasks/{missing}", HTTP_IF_NONE_MATCH=etag).status_code == 404
 
 
 @pytest.mark.parametrize("task_id", ["abc", "0", "999999", "99999999999999999999", "1.5", "-1"])
