@@ -247,6 +247,7 @@ class Bench:
                 for _ in range(self.repeats):
                     Task.objects.all().delete()
                     before = self.counters()
+                    cpu_before = self.cpu(workers)
                     started = time.perf_counter()
                     if kind.startswith("raw"):
                         queue = backend.get_queue("default")
@@ -263,8 +264,9 @@ class Bench:
                         while done.count() < count:
                             time.sleep(0.05)
                     runs.append(count / (time.perf_counter() - started))
+                    cpu = self.cpu_per_task(cpu_before, self.cpu(workers), count)
                     time.sleep(1.2)  # PostgreSQL publishes its counters about every second
-                    costs.append(self.per_task(before, self.counters(), count))
+                    costs.append({**self.per_task(before, self.counters(), count), **cpu})
                 results.setdefault(kind, {})[n] = {
                     "tasks_per_s": statistics.median(runs),
                     "runs": [round(r, 1) for r in runs],
@@ -291,6 +293,42 @@ class Bench:
                 )
                 counters["commits"], counters["rows"] = cursor.fetchone()
         return counters
+
+    def cpu(self, workers: list[subprocess.Popen]) -> dict:
+        """CPU seconds used so far by each part: this process (it enqueues), the workers with
+        their work horses, and, per process, the PostgreSQL server and Redis."""
+
+        def used(process: psutil.Process, children: bool = False) -> float:
+            times = process.cpu_times()
+            extra = times.children_user + times.children_system if children else 0.0
+            return times.user + times.system + extra
+
+        parts: dict = {"cpu_bench_ms": used(psutil.Process()), "cpu_workers_ms": 0.0}
+        for worker in workers:  # the rqworker command's process, its reaped and live horses
+            with suppress(psutil.Error):
+                parent = psutil.Process(worker.pid)
+                parts["cpu_workers_ms"] += used(parent, children=True)
+                parts["cpu_workers_ms"] += sum(used(child) for child in parent.children())
+        for process in psutil.process_iter(["name"]):
+            name = process.info["name"] or ""
+            key = "postgres" if name.startswith("postgres") else None
+            key = "redis" if "redis-server" in name else key
+            if key:
+                with suppress(psutil.Error):
+                    parts.setdefault(key, {})[process.pid] = used(process)
+        return parts
+
+    @staticmethod
+    def cpu_per_task(before: dict, after: dict, count: int) -> dict:
+        """ms per task; server processes that came or went in between are left out."""
+        costs = {
+            k: (after[k] - before[k]) * 1000 / count for k in ("cpu_bench_ms", "cpu_workers_ms")
+        }
+        for key in ("postgres", "redis"):
+            pids = before.get(key, {}).keys() & after.get(key, {}).keys()
+            used = sum(after[key][pid] - before[key][pid] for pid in pids)
+            costs[f"cpu_{key}_ms"] = used * 1000 / count
+        return {k: round(v, 2) for k, v in costs.items()}
 
     @staticmethod
     def per_task(before: dict, after: dict, count: int) -> dict:
@@ -508,6 +546,21 @@ def markdown(results: dict) -> str:
             f"{ping['tasks_per_s'] / raw['tasks_per_s']:.2f}× | {ping.get('commits_per_task', '—')} | "
             f"{ping.get('rows_per_task', '—')} | {raw['redis_per_task']} → {ping['redis_per_task']} |"
         )
+    out += [
+        "",
+        "CPU per task, ms (raw RQ no-op → ping task), measured in the same runs:",
+        "",
+        "| workers | this process (enqueues) | workers + work horses | PostgreSQL | Redis | total |",
+        "|---|---|---|---|---|---|",
+    ]
+    parts = ("cpu_bench_ms", "cpu_workers_ms", "cpu_postgres_ms", "cpu_redis_ms")
+    for n in ("1", "2", "4"):
+        raw, ping = thr["raw RQ no-op"][n], thr["ping task (mirrored)"][n]
+        if "cpu_workers_ms" not in raw:
+            continue
+        cells = [f"{raw[k]:.2f} → {ping[k]:.2f}" for k in parts]
+        total = [sum(r[k] for k in parts) for r in (raw, ping)]
+        out.append(f"| {n} | {' | '.join(cells)} | {total[0]:.2f} → {total[1]:.2f} |")
     st = results["status"]
     out += [
         "",
