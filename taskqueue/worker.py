@@ -137,10 +137,21 @@ def lease_before_fork(job: Any, worker_name: str) -> Lease | None:
 
 
 def _read_report(fd: int) -> dict[str, Any] | None:
-    """The outcome the horse wrote on the pipe (it has exited), or None."""
+    """The outcome the horse wrote on the pipe (it has exited), or None.
+
+    Read without blocking: whatever the horse wrote is in the pipe now, and a process the
+    handler forked may still hold the write end open (EOF would never come).
+    """
     chunks = []
+    os.set_blocking(fd, False)
     try:
-        while chunk := os.read(fd, 65536):
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
             chunks.append(chunk)
     finally:
         os.close(fd)

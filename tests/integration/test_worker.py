@@ -306,3 +306,19 @@ def test_a_result_too_large_for_the_pipe_is_recorded_by_the_horse(horse_view) ->
     assert seen["after_run"].status == "completed"  # written by the horse, not the worker
     task.refresh_from_db()
     assert (task.status, len(task.result["text"])) == ("completed", 100_000)
+
+
+def test_the_report_is_read_even_if_a_process_the_handler_forked_holds_the_pipe() -> None:
+    from taskqueue import worker
+
+    reader, writer = os.pipe()
+    grandchild_copy = os.dup(writer)  # as a process forked by the handler would hold it
+    try:
+        os.write(writer, b'{"status": "completed"}')
+        os.close(writer)
+        assert worker._read_report(reader) == {"status": "completed"}  # no wait for EOF
+        empty_reader, empty_writer = os.pipe()
+        assert worker._read_report(empty_reader) is None  # a horse that died silently
+        os.close(empty_writer)
+    finally:
+        os.close(grandchild_copy)
