@@ -78,10 +78,11 @@ def database_config(var_dir: Path, *, pool_size: int) -> dict:
             "expected e.g. postgres://user@127.0.0.1:5432/name or sqlite:////abs/path.db"
         ) from None
     if config["ENGINE"] == "django.db.backends.postgresql" and env_bool("DATABASE_POOL", False):
-        # Web processes only (make run sets it for uvicorn): one connection per view thread
-        # at most, opened once. Never in workers, which fork and hand their connection to
-        # the work horse instead.
-        config["OPTIONS"] = {"pool": {"min_size": 2, "max_size": pool_size, "timeout": 10}}
+        # Web processes only (make run sets it for uvicorn): a connection per view thread,
+        # opened once, and a few for the event streams' checks. Never in workers, which
+        # fork and hand their connection to the work horse instead.
+        pool = {"min_size": 2, "max_size": pool_size + 4, "timeout": 10}
+        config["OPTIONS"] = {"pool": pool}
     if config["ENGINE"] == "django.db.backends.sqlite3":
         var_dir.mkdir(parents=True, exist_ok=True)
         # Several processes (web, worker, cron) share the file: wait for locks, don't fail.

@@ -8,6 +8,7 @@ the task itself (a cancelled or superseded task never runs) and records the outc
 way it re-raises a failure so that RQ's retry runs.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -33,8 +34,9 @@ logger = logging.getLogger(__name__)
 # Pauses between tries of the write that ends an attempt (all within the job's timeout).
 RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0)
 
-# An outcome larger than this is recorded by the horse itself: a pipe holds 64 KiB and
-# the worker reads it only once the horse has exited.
+# An outcome larger than this (or than the pipe holds: 64 KiB by default, less when the
+# user's pipe quota is spent) is recorded by the horse itself: the worker reads the pipe
+# only once the horse has exited, so a larger write would block the horse.
 REPORT_LIMIT = 60_000
 
 
@@ -43,22 +45,27 @@ class Lease:
     """What the worker hands its work horse across fork() for one job.
 
     `task` is None when the lease was refused (cancelled, superseded...): the horse must
-    not run it. `payload` is the validated payload (None: validate in the horse), and
-    `report_fd` the pipe on which the horse reports the outcome for the worker to record.
+    not run it. `payload` is the validated payload (None: validate in the horse). The horse
+    reports the outcome on the pipe `report_fd`, at most `report_limit` bytes, for the
+    worker to record; `report_reader` is the worker's end, which the horse closes (so that
+    a write fails, and the horse records the outcome itself, if the worker is gone).
     """
 
     task: Task | None
     payload: dict[str, Any] | None = None
     report_fd: int | None = None
+    report_reader: int | None = None
+    report_limit: int = REPORT_LIMIT
 
 
 # The lease the worker took for the job whose horse it is forking (job id → Lease).
 handoff: dict[str, Lease] = {}
 
 
-def run_task(task_id: int, dispatch: int = 0, task_type: str | None = None) -> dict[str, Any]:
-    """The RQ job function: run one attempt of task `task_id` (of type `task_type`)."""
-    return run_attempt(task_id, dispatch, backend.current_job(), task_type)
+def run_task(task_id: int, dispatch: int = 0) -> dict[str, Any]:
+    """The RQ job function: run one attempt of task `task_id` (its type is in the job's meta)."""
+    context = backend.current_job()
+    return run_attempt(task_id, dispatch, context, context.task_type)
 
 
 def run_inline(task_id: int) -> None:
@@ -80,8 +87,8 @@ def run_attempt(
 ) -> dict[str, Any]:
     """Lease, run and record one attempt. The lease is the first statement: no read first.
 
-    `task_type` rides in the job's arguments so that an exclusive type's lock is taken
-    before the lease; jobs enqueued without it (older ones) read it first. Under our
+    `task_type` rides in the job's meta so that an exclusive type's lock is taken before
+    the lease; jobs enqueued without it (older ones) read it first. Under our
     `Worker` the lease of a non-exclusive task was taken by the worker before it forked
     this work horse (see `Worker.fork_work_horse`); the horse only runs it.
     """
@@ -111,14 +118,15 @@ def _run_leased(
     lease: Lease, task_id: int, dispatch: int, context: backend.JobContext
 ) -> dict[str, Any]:
     """Run an attempt the worker leased before forking (or skip it if it could not)."""
+    if lease.report_reader is not None:
+        with contextlib.suppress(OSError):
+            os.close(lease.report_reader)
     task = lease.task
     if task is None:
         return _skip(task_id, dispatch)
     try:
         spec = get_task_type(task.task_type)
-        return _perform(
-            task, spec, task.attempts, context, payload=lease.payload, report_fd=lease.report_fd
-        )
+        return _perform(task, spec, task.attempts, context, payload=lease.payload, lease=lease)
     finally:
         _reset_connections()
 
@@ -137,7 +145,7 @@ def _perform(
     context: backend.JobContext,
     *,
     payload: dict[str, Any] | None = None,
-    report_fd: int | None = None,
+    lease: Lease | None = None,
 ) -> dict[str, Any]:
     token = progress.running(task, number)
     try:
@@ -145,11 +153,11 @@ def _perform(
             payload = spec.validate_payload(task.payload)
         result = _json_object(spec.handler(**payload))
     except Exception as exc:
-        _end(task, number, _failure(task, exc, context), report_fd)
+        _end(task, number, _failure(task, exc, context), lease)
         raise
     finally:
         progress.finished(token)
-    _end(task, number, {"status": Task.Status.COMPLETED, "result": result}, report_fd)
+    _end(task, number, {"status": Task.Status.COMPLETED, "result": result}, lease)
     return result
 
 
@@ -169,16 +177,23 @@ def _failure(task: Task, exc: Exception, context: backend.JobContext) -> dict[st
     }
 
 
-def _end(task: Task, number: int, outcome: dict[str, Any], report_fd: int | None) -> None:
-    """Hand the outcome to the worker (it records it once this horse exits), or record it."""
-    if report_fd is not None and _report(report_fd, task, number, outcome):
+def _end(task: Task, number: int, outcome: dict[str, Any], lease: Lease | None) -> None:
+    """Hand the outcome to the worker (it records it once this horse exits), or record it.
+
+    A failure that RQ will retry is recorded here, before this horse exits: RQ re-queues
+    the job as the horse fails, and the next attempt's lease needs the task `retrying`.
+    """
+    reporting = lease is not None and lease.report_fd is not None
+    retried = outcome.get("retry_at") is not None
+    if reporting and not retried and _report(lease, task, number, outcome):
         return
     record_outcome(task, number, outcome)
-    if report_fd is not None:
-        _report(report_fd, task, number, {"status": "recorded"})
+    if reporting:
+        _report(lease, task, number, {"status": "recorded"})
 
 
-def _report(fd: int, task: Task, number: int, outcome: dict[str, Any]) -> bool:
+def _report(lease: Lease, task: Task, number: int, outcome: dict[str, Any]) -> bool:
+    """Write the outcome on the worker's pipe; False if too large or the worker is gone."""
     message = {
         **outcome,
         "task": task.pk,
@@ -187,10 +202,13 @@ def _report(fd: int, task: Task, number: int, outcome: dict[str, Any]) -> bool:
         "progress_message": task.progress_message,
     }
     data = json.dumps(message, cls=DjangoJSONEncoder).encode()
-    if len(data) > REPORT_LIMIT:
+    if len(data) > lease.report_limit:
         return False
-    while data:
-        data = data[os.write(fd, data) :]
+    try:
+        while data:
+            data = data[os.write(lease.report_fd, data) :]
+    except OSError:  # BrokenPipeError: the worker died while this horse ran
+        return False
     return True
 
 

@@ -8,10 +8,12 @@ the same statements cost it two to four times what they cost the worker (measure
 worker also records what a horse could not: its death (killed, stopped, hard timeout).
 
 The worker's database connection is handed to each horse across fork(); the worker
-touches it only while no horse lives (before the fork, after the horse has exited).
+touches it only while no horse lives (before the fork, after the horse has exited). A
+SQLite connection is closed before each fork instead.
 """
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -26,7 +28,14 @@ from rq.worker import Worker as RQWorker
 from taskqueue import backend
 from taskqueue.conf import conf
 from taskqueue.exceptions import UnknownTaskType
-from taskqueue.execution import Lease, close_connections, handoff, record_outcome, release_lock
+from taskqueue.execution import (
+    REPORT_LIMIT,
+    Lease,
+    close_connections,
+    handoff,
+    record_outcome,
+    release_lock,
+)
 from taskqueue.models import Task
 from taskqueue.registry import get_task_type
 
@@ -42,6 +51,7 @@ class Worker(RQWorker):
     """RQ's forking worker that leases, records outcomes and records dead work horses."""
 
     _horse_status: int | None = None
+    _horse_reaped = False
     _lease: Lease | None = None
     _report_reader: int | None = None
 
@@ -62,37 +72,42 @@ class Worker(RQWorker):
 
     def fork_work_horse(self, job: Any, queue: Any) -> None:
         _prepare_connections_for_fork()
-        self._horse_status = None
+        self._horse_status, self._horse_reaped = None, False
         self._lease = lease_before_fork(job, self.name)
+        _close_sqlite()  # a SQLite handle must not cross fork(); the horse reopens the file
         writer = None
         if self._lease is not None:
             if self._lease.task is not None:
                 self._report_reader, writer = os.pipe()
-                self._lease.report_fd = writer
+                self._lease.report_fd, self._lease.report_reader = writer, self._report_reader
+                self._lease.report_limit = min(REPORT_LIMIT, _pipe_capacity(writer))
             handoff[job.id] = self._lease
         try:
             super().fork_work_horse(job, queue)
         finally:
             handoff.clear()
             if writer is not None:
-                os.close(writer)  # the horse holds the other copy: EOF once it exits
+                os.close(writer)  # the horse holds its own copy
 
     def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
         pid, status, rusage = super().wait_for_horse()
         if pid:
-            self._horse_status = status
+            self._horse_status, self._horse_reaped = status, True
         return pid, status, rusage
 
     def monitor_work_horse(self, job: Any, queue: Any) -> None:
-        super().monitor_work_horse(job, queue)
-        if job.func_name != backend.JOB_FUNCTION:
-            return
-        lease, self._lease = self._lease, None
-        reader, self._report_reader = self._report_reader, None
         try:
-            record_after_horse(job, queue, lease, reader, self._horse_status)
-        except Exception:
-            logger.exception("Could not record the end of job %s", job.id)
+            super().monitor_work_horse(job, queue)
+        finally:
+            lease, self._lease = self._lease, None
+            reader, self._report_reader = self._report_reader, None
+            if job.func_name == backend.JOB_FUNCTION and self._horse_reaped:
+                try:
+                    record_after_horse(job, queue, lease, reader, self._horse_status)
+                except Exception:
+                    logger.exception("Could not record the end of job %s", job.id)
+            elif reader is not None:  # the horse may live on: its outcome is the reconciler's
+                os.close(reader)
 
 
 def record_after_horse(
@@ -117,7 +132,8 @@ def lease_before_fork(job: Any, worker_name: str) -> Lease | None:
     """
     if job.func_name != backend.JOB_FUNCTION:
         return None
-    task_id, dispatch, task_type = [*job.args, 0, None][:3]
+    task_id, dispatch = [*job.args, 0][:2]
+    task_type = (job.meta or {}).get("task_type")
     try:
         if task_type is None or (spec := get_task_type(task_type)).policy.exclusive:
             return None
@@ -170,6 +186,20 @@ def _record_report(task: Task, report: dict[str, Any]) -> None:
     if report.get("retry_at"):
         report["retry_at"] = parse_datetime(report["retry_at"])
     record_outcome(task, report["attempt"], report)
+
+
+def _pipe_capacity(fd: int) -> int:
+    """How many bytes the pipe holds (Linux shrinks new pipes once a user's quota is spent)."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    except (AttributeError, OSError):
+        return 4096  # the smallest a pipe can be
+
+
+def _close_sqlite() -> None:
+    for connection in connections.all(initialized_only=True):
+        if connection.vendor == "sqlite":
+            connection.close()
 
 
 def _prepare_connections_for_fork() -> None:

@@ -2,9 +2,11 @@
 
 DRF's `TokenAuthentication` reads the token and its user on every request (a query of
 about 1.4 ms of the enqueue POST's 5 ms, measured). Here a token seen in the last
-`TOKEN_CACHE_SECONDS` (5 by default; 0 turns the cache off) is answered from memory. A
-deleted token, or a user made inactive, stops working at once in the process that made
-the change and within that many seconds everywhere else.
+`TOKEN_CACHE_SECONDS` (5 by default; 0 turns the cache off) is answered from memory, with
+the user's permissions. A token deleted or saved, a user saved or deleted, a change of a
+user's groups or permissions or of a group's permissions empties the cache at once in the
+process that made the change, and within that many seconds everywhere else. (Changes made
+with `QuerySet.update()` send no signal: they take the full delay.)
 """
 
 import copy
@@ -12,7 +14,8 @@ import time
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db.models.signals import post_delete, post_save
+from django.contrib.auth.models import Group
+from django.db.models.signals import m2m_changed, post_delete, post_save
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 
@@ -46,4 +49,17 @@ def forget_tokens(**kwargs: Any) -> None:
 
 post_delete.connect(forget_tokens, sender=Token, dispatch_uid="taskqueue-token-deleted")
 post_save.connect(forget_tokens, sender=Token, dispatch_uid="taskqueue-token-saved")
-post_save.connect(forget_tokens, sender=get_user_model(), dispatch_uid="taskqueue-user-saved")
+_User = get_user_model()
+post_save.connect(forget_tokens, sender=_User, dispatch_uid="taskqueue-user-saved")
+post_delete.connect(forget_tokens, sender=_User, dispatch_uid="taskqueue-user-deleted")
+for _relation in (
+    Group.permissions,
+    getattr(_User, "groups", None),
+    getattr(_User, "user_permissions", None),
+):
+    if _relation is not None:
+        m2m_changed.connect(
+            forget_tokens,
+            sender=_relation.through,
+            dispatch_uid=f"taskqueue-tokens-{_relation.through._meta.label}",
+        )

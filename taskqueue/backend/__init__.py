@@ -80,7 +80,10 @@ def dispatch(task: "Task", *, delay: int = 0) -> None:
     backoff = get_task_type(task.task_type).policy.backoff
     options = {
         "job_id": task.job_id,
-        "args": (task.pk, task.dispatch, task.task_type),
+        "args": (task.pk, task.dispatch),
+        # The type, for the worker to know without a read whether it may lease before
+        # forking; in the meta, which a worker of an earlier version ignores.
+        "meta": {"task_type": task.task_type},
         "job_timeout": task.timeout,
         "result_ttl": conf.RESULT_TTL,
         "failure_ttl": conf.FAILURE_TTL,
@@ -146,6 +149,11 @@ class JobContext:
     @property
     def job_id(self) -> str:
         return self.job.id if self.job is not None else f"inline-{os.getpid()}"
+
+    @property
+    def task_type(self) -> str | None:
+        """The task type the job was enqueued for (None for jobs enqueued without it)."""
+        return (self.job.meta or {}).get("task_type") if self.job is not None else None
 
     @property
     def timeout(self) -> int:
@@ -327,8 +335,9 @@ def count_actions(counts: dict[str, int], *, name: str) -> None:
 
 
 def count_hit(key: str, *, expire: int) -> int:
-    """Add one to the counter `key` (kept `expire` seconds); its new value. One round trip."""
-    with get_connection().pipeline(transaction=False) as pipeline:
+    """Add one to the counter `key` (kept `expire` seconds); its new value. One round trip,
+    in MULTI/EXEC so that the counter never outlives its expiry."""
+    with get_connection().pipeline(transaction=True) as pipeline:
         pipeline.incr(key)
         pipeline.expire(key, expire)
         hits, _ = pipeline.execute()

@@ -1,11 +1,11 @@
 """The two statements every task goes through, written as SQL: lease and end-of-attempt.
 
-Every task is leased once per attempt and ends each attempt once, in a work horse. Through
-the ORM each cost a read, two compiled UPDATE/INSERTs and a transaction (about 4 ms of
-Python a task, measured); here each is one statement on PostgreSQL (data-modifying CTEs,
-one round trip, no explicit transaction) and two in one transaction on SQLite (which has
-`RETURNING` but no data-modifying CTEs). The semantics are `Task._transition`'s: a
-conditional UPDATE that says whether it applied.
+Every task is leased once per attempt and ends each attempt once (by its worker, or by the
+work horse for an exclusive type). Through the ORM each cost a read, two compiled
+UPDATE/INSERTs and a transaction (about 4 ms of Python a task, measured); here each is one
+statement on PostgreSQL (data-modifying CTEs, one round trip, no explicit transaction) and
+two in one transaction on SQLite (which has `RETURNING` but no data-modifying CTEs). The
+semantics are `Task._transition`'s: a conditional UPDATE that says whether it applied.
 
 On PostgreSQL the lease and the completion are also prepared once per database session
 (PREPARE, then EXECUTE): planning the CTEs cost more server time than running them (0.41
@@ -185,26 +185,37 @@ def _prepared_form(sql: str) -> tuple[str, str, tuple[str, ...]] | None:
 
 def _execute(connection: Any, cursor: Any, sql: str, params: dict[str, Any]) -> None:
     """Run `sql`, as a statement prepared once per session where that is possible."""
-    form = _prepared_form(sql) if connection.vendor == "postgresql" else None
-    if form is None or not conf.PREPARE_STATEMENTS:
+    form = _prepared_form(sql) if _may_prepare(connection) else None
+    if form is None:
         cursor.execute(sql, params)
         return
     statement, prepare, names = form
     known = _prepared.setdefault(connection.connection, set())
-    if statement not in known:
-        cursor.execute("SELECT 1 FROM pg_prepared_statements WHERE name = %s", [statement])
-        if cursor.fetchone() is None:
-            cursor.execute(prepare)
-        known.add(statement)
     try:
+        if statement not in known:
+            cursor.execute("SELECT 1 FROM pg_prepared_statements WHERE name = %s", [statement])
+            if cursor.fetchone() is None:
+                cursor.execute(prepare)
+            known.add(statement)
         placeholders = ", ".join(["%s"] * len(names))
         cursor.execute(f"EXECUTE {statement}({placeholders})", [params[n] for n in names])
     except ProgrammingError:
-        # Deallocated behind our back (DISCARD ALL, a pooler): forget it, run it plainly.
+        # Deallocated behind our back (DISCARD ALL), or a pooler that moved us to another
+        # session between the look-up and the PREPARE: forget it, run it plainly.
         known.discard(statement)
         if connection.in_atomic_block:
             raise
         cursor.execute(sql, params)
+
+
+def _may_prepare(connection: Any) -> bool:
+    """PostgreSQL with client-side binding (Django's default), unless turned off."""
+    options = connection.settings_dict.get("OPTIONS", {})
+    return (
+        connection.vendor == "postgresql"
+        and conf.PREPARE_STATEMENTS
+        and not options.get("server_side_binding")
+    )
 
 
 def _db_value(name: str, value: Any, connection: Any) -> Any:

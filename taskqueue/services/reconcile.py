@@ -74,7 +74,8 @@ def _reconcile_leased(task: Task, status: str | None, counts: Counter) -> None:
     expired = task.leased_at and now > task.leased_at + timedelta(
         seconds=task.timeout + conf.LEASE_EXPIRY_MARGIN
     )
-    if status == "queued" and now - task.leased_at < timedelta(seconds=conf.RECONCILE_GRACE):
+    young = task.leased_at and now - task.leased_at < timedelta(seconds=conf.RECONCILE_GRACE)
+    if status == "queued" and young:
         return  # leased by its worker an instant before the work horse marks the job started
     if status == "started" and not expired:
         if task.stop_requested_at and now - task.stop_requested_at > timedelta(

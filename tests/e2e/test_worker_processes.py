@@ -1,5 +1,7 @@
 """Real `manage.py rqworker` processes: stop, exclusivity, and the shell command."""
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -84,3 +86,25 @@ def test_tasks_wait_queued_while_no_worker_runs_then_complete(worker_process) ->
     assert status_of(task) == "queued"
     worker_process()
     wait_for(lambda: status_of(task) == "completed")
+
+
+def test_a_failure_retried_at_once_is_run_again_by_another_worker(worker_process) -> None:
+    """RQ re-queues a retried job as its horse fails: the next attempt must find the task
+    `retrying` already (a second worker may take the job before the first records)."""
+    task, _ = enqueue_task("diagnostic", {"action": "fail"}, max_attempts=3)
+    worker_process()
+    worker_process()
+    wait_for(lambda: status_of(task) == "failed", timeout=30)
+    task.refresh_from_db()
+    assert task.attempts == 3
+    assert [a.outcome for a in task.attempt_set.all()] == ["failed"] * 3
+
+
+def test_a_horse_whose_worker_is_killed_records_its_own_outcome(worker_process) -> None:
+    task, _ = enqueue_task("diagnostic", {"action": "sleep", "seconds": 2})
+    worker = worker_process()
+    wait_for(lambda: status_of(task) == "leased")
+    os.kill(worker.pid, signal.SIGKILL)  # the worker only: its horse has a group of its own
+    wait_for(lambda: status_of(task) == "completed", timeout=20)
+    task.refresh_from_db()
+    assert task.attempt_set.get().outcome == "completed"

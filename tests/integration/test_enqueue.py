@@ -28,7 +28,7 @@ def test_enqueue_records_the_task_and_its_job_on_the_priority_queue() -> None:
     )
     assert job_ids("default") == [f"task-{task.pk}"]
     job = Job.fetch(task.job_id, connection=backend.get_connection())
-    assert job.args == (task.pk, 0, "ping")
+    assert (job.args, job.meta["task_type"]) == ((task.pk, 0), "ping")
     assert job.timeout == 30
 
 

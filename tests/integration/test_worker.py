@@ -228,14 +228,14 @@ def horse_view():
         lease = worker.lease_before_fork(job, "the-worker")
         reader = None
         if lease is not None and lease.task is not None:
-            reader, lease.report_fd = os.pipe()
+            reader, lease.report_fd = os.pipe()  # the worker keeps its end: not handed over
         if lease is not None:
             execution.handoff[job.id] = lease
         leased = Task.objects.get(pk=task.pk)
         result = failure = None
         try:
             context = backend.JobContext(job)
-            result = execution.run_attempt(task.pk, task.dispatch, context, *job.args[2:])
+            result = execution.run_attempt(task.pk, task.dispatch, context, context.task_type)
         except Exception as exc:  # re-raised once the worker's side has run, as RQ would
             failure = exc
         finally:

@@ -167,14 +167,22 @@ def test_a_deleted_token_or_an_inactive_user_is_refused_at_once_despite_the_cach
     assert client.get(f"{BASE}/tasks/{task.pk}").status_code == 401
 
 
-def test_a_permission_granted_while_a_token_is_cached_counts_after_the_cache_expires(
-    make_client, django_user_model, task, settings
+def test_a_permission_granted_or_revoked_counts_at_once_despite_the_cache(
+    make_client, django_user_model, task
 ):
-    from django.contrib.auth.models import Permission
+    from django.contrib.auth.models import Group, Permission
 
-    settings.TASKQUEUE = {**getattr(settings, "TASKQUEUE", {}), "TOKEN_CACHE_SECONDS": 0}
     client = make_client("late", perms=())
-    assert client.get(f"{BASE}/tasks/{task.pk}").status_code == 403
+    url = f"{BASE}/tasks/{task.pk}"
+    assert client.get(url).status_code == 403  # cached now, with its (empty) permissions
     user = django_user_model.objects.get(username="late")
-    user.user_permissions.add(Permission.objects.get(codename="view_task"))
-    assert client.get(f"{BASE}/tasks/{task.pk}").status_code == 200
+    view_task = Permission.objects.get(codename="view_task")
+    user.user_permissions.add(view_task)
+    assert client.get(url).status_code == 200
+    user.user_permissions.remove(view_task)
+    assert client.get(url).status_code == 403
+    group = Group.objects.create(name="viewers")
+    user.groups.add(group)
+    assert client.get(url).status_code == 403
+    group.permissions.add(view_task)
+    assert client.get(url).status_code == 200
