@@ -215,3 +215,14 @@ def test_stats_still_answer_with_redis_down(api):
         response = api.get(f"{BASE}/stats")
     assert response.status_code == 200
     assert response.json()["redis_available"] is False
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="extended statistics are PostgreSQL's"
+)
+def test_the_planner_has_joint_statistics_on_status_and_type(db):
+    """A filter on a rare (status, type) pair must not walk the whole table (migration 0003)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT stxkind FROM pg_statistic_ext WHERE stxname = %s",
+                       ["taskqueue_task_status_type"])  # fmt: skip
+        assert cursor.fetchone() is not None
