@@ -116,7 +116,7 @@ def record_after_horse(
     """Once the horse of `job` has exited: record the outcome it reported, or its death."""
     report = _read_report(reader) if reader is not None else None
     if report is not None and lease is not None and lease.task is not None:
-        if report["status"] != "recorded":  # else the horse recorded it (a large result)
+        if report["status"] != "recorded":  # else the horse did (a retried failure, a large one)
             if exit_status != os.EX_OK:
                 close_connections()  # the horse may have died mid-query
             _record_report(lease.task, report)
@@ -128,7 +128,7 @@ def lease_before_fork(job: Any, worker_name: str) -> Lease | None:
     """Lease the job's task here, in the worker, for the horse to inherit.
 
     None leaves it to the horse: exclusive types (their lock comes first), jobs of other
-    functions, jobs without their type in the arguments, and a database error here.
+    functions, jobs without their type in their meta, and a database error here.
     """
     if job.func_name != backend.JOB_FUNCTION:
         return None
