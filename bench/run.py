@@ -516,8 +516,7 @@ def markdown(results: dict) -> str:
         f"{results['throughput']['database']}; medians of {results['repeats']} runs.",
         "",
     ]
-    if "partial_rerun" in results:
-        rerun = results["partial_rerun"]
+    for rerun in results.get("partial_reruns", []):
         out += [f"Re-run {rerun['when']}: {', '.join(rerun['scenarios'])}.", ""]
     enq = results["enqueue"]
     bare = enq["bare view: INSERT + enqueue"]
@@ -641,7 +640,10 @@ def main() -> None:
         results = {
             **previous,
             **{k: v for k, v in results.items() if k in args.only},
-            "partial_rerun": {"when": results["when"], "scenarios": args.only},
+            "partial_reruns": [
+                *previous.get("partial_reruns", []),
+                {"when": results["when"], "scenarios": args.only},
+            ],
         }
     results = json.loads(json.dumps(results, default=str))
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
