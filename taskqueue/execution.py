@@ -318,9 +318,11 @@ def _reconnecting(query: Callable[[], Any]) -> Any:
         return query()
 
 
-def close_connections() -> None:
+def close_connections(vendor: str | None = None) -> None:
+    """Close this process's open connections (only `vendor`'s, when given)."""
     for connection in connections.all(initialized_only=True):
-        connection.close()
+        if vendor is None or connection.vendor == vendor:
+            connection.close()
 
 
 def _reset_connections() -> None:

@@ -93,25 +93,18 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         attempts only when it changed: polling an unchanged task costs an index look-up.
         """
         conditional = "If-None-Match" in request.headers or "If-Modified-Since" in request.headers
-        stamp = None
-        if conditional and int(self.kwargs["pk"]) <= MAX_ID:
+        if conditional and int(pk) <= MAX_ID:
             stamp = Task.objects.filter(pk=pk).values_list("updated_at", flat=True).first()
-        task = None if stamp is not None else self.get_object()
-        updated_at = stamp or task.updated_at
-        etag = f'"{int(pk)}-{int(updated_at.timestamp() * 1_000_000)}"'
-        modified = updated_at.timestamp()
-        response = get_conditional_response(
-            request._request, etag=etag, last_modified=int(modified)
-        )
-        if response is None:
-            task = task or self.get_object()
-            etag = f'"{task.pk}-{int(task.updated_at.timestamp() * 1_000_000)}"'
-            modified = task.updated_at.timestamp()
-            response = Response(TaskDetailSerializer(task).data)
-        response["ETag"] = etag
-        response["Last-Modified"] = http_date(modified)
-        response["Cache-Control"] = "private, no-cache"
-        return response
+            if stamp is not None:
+                etag, modified = _validators(int(pk), stamp)
+                not_modified = get_conditional_response(
+                    request._request, etag=etag, last_modified=int(modified)
+                )
+                if not_modified is not None:
+                    return _with_validators(not_modified, etag, modified)
+        task = self.get_object()
+        etag, modified = _validators(task.pk, task.updated_at)
+        return _with_validators(Response(TaskDetailSerializer(task).data), etag, modified)
 
     @extend_schema(
         responses={
@@ -149,6 +142,18 @@ class StatsView(APIView):
     @extend_schema(responses={200: dict, **errors(401, 403)})
     def get(self, request: Request) -> Response:
         return Response(system_stats())
+
+
+def _validators(task_id: int, updated_at: Any) -> tuple[str, float]:
+    """A task's ETag (it changes with every transition) and Last-Modified timestamp."""
+    return f'"{task_id}-{int(updated_at.timestamp() * 1_000_000)}"', updated_at.timestamp()
+
+
+def _with_validators(response: Any, etag: str, modified: float) -> Any:
+    response["ETag"] = etag
+    response["Last-Modified"] = http_date(modified)
+    response["Cache-Control"] = "private, no-cache"
+    return response
 
 
 class EnqueueView(APIView):
