@@ -17,12 +17,15 @@ import fcntl
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Any
 
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from rq.command import parse_payload
 from rq.worker import Worker as RQWorker
 
 from taskqueue import backend
@@ -54,6 +57,8 @@ class Worker(RQWorker):
     _horse_reaped = False
     _lease: Lease | None = None
     _report_reader: int | None = None
+    # A stop for the job leased before the fork, received before its horse existed.
+    _stop_pending = False
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         warm_up()
@@ -62,6 +67,33 @@ class Worker(RQWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("job_monitoring_interval", conf.JOB_MONITORING_INTERVAL)
         super().__init__(*args, **kwargs)
+        self._stop_lock = threading.Lock()
+
+    def handle_payload(self, message: Any) -> None:
+        """RQ's commands, plus a stop for the job this worker leased before its horse runs.
+
+        RQ only stops the job its horse has marked as current; the lease comes first, so a
+        stop sent in between (the task already shows as running) would be ignored. Kept
+        here, it kills the horse as soon as there is one (runs in RQ's pubsub thread).
+        Once the horse has marked the job, RQ's stop (which kills its process group) runs.
+        """
+        payload = parse_payload(message)
+        lease = self._lease
+        job_id = lease.task.job_id if lease is not None and lease.task is not None else None
+        if (
+            payload.get("command") == "stop-job"
+            and job_id is not None
+            and payload.get("job_id") == job_id
+            and self.get_current_job_id() != job_id  # else RQ's own stop applies
+        ):
+            with self._stop_lock:
+                self._stopped_job_id = job_id  # RQ then records the job stopped
+                if self._horse_pid:
+                    _kill(self._horse_pid)
+                else:
+                    self._stop_pending = True
+            return
+        super().handle_payload(message)
 
     def get_heartbeat_ttl(self, job: Any) -> int:
         """RQ's formula with a configurable margin instead of its fixed 60 s."""
@@ -72,22 +104,26 @@ class Worker(RQWorker):
 
     def fork_work_horse(self, job: Any, queue: Any) -> None:
         _prepare_connections_for_fork()
-        self._horse_status, self._horse_reaped = None, False
+        self._horse_status, self._horse_reaped, self._stop_pending = None, False, False
         self._lease = lease_before_fork(job, self.name)
-        _close_sqlite()  # a SQLite handle must not cross fork(); the horse reopens the file
-        writer = None
+        close_connections("sqlite")  # a SQLite handle must not cross fork(); the horse reopens
         if self._lease is not None:
             if self._lease.task is not None:
-                self._report_reader, writer = os.pipe()
-                self._lease.report_fd, self._lease.report_reader = writer, self._report_reader
-                self._lease.report_limit = min(REPORT_LIMIT, _pipe_capacity(writer))
+                self._report_reader = open_report_pipe(self._lease)
             handoff[job.id] = self._lease
         try:
             super().fork_work_horse(job, queue)
         finally:
             handoff.clear()
-            if writer is not None:
-                os.close(writer)  # the horse holds its own copy
+            if self._lease is not None and self._lease.report_fd is not None:
+                os.close(self._lease.report_fd)  # the horse holds its own copy
+        self._honour_pending_stop()
+
+    def _honour_pending_stop(self) -> None:
+        """Kill the horse just forked if a stop for its job came while it did not exist."""
+        with self._stop_lock:
+            if self._stop_pending and self._horse_pid:
+                _kill(self._horse_pid)
 
     def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
         pid, status, rusage = super().wait_for_horse()
@@ -101,6 +137,7 @@ class Worker(RQWorker):
         finally:
             lease, self._lease = self._lease, None
             reader, self._report_reader = self._report_reader, None
+            self._stop_pending = False
             if job.func_name == backend.JOB_FUNCTION and self._horse_reaped:
                 try:
                     record_after_horse(job, queue, lease, reader, self._horse_status)
@@ -196,18 +233,26 @@ def _pipe_capacity(fd: int) -> int:
         return 4096  # the smallest a pipe can be
 
 
-def _close_sqlite() -> None:
-    for connection in connections.all(initialized_only=True):
-        if connection.vendor == "sqlite":
-            connection.close()
+def _kill(pid: int) -> None:
+    """Kill a work horse that has not started its handler (nor, maybe, its own group yet:
+    RQ's kill_horse signals the horse's process group, the worker's own until setpgrp)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def open_report_pipe(lease: Lease) -> int:
+    """Give the lease a pipe for its horse's report; returns the worker's (reading) end."""
+    reader, writer = os.pipe()
+    lease.report_fd, lease.report_reader = writer, reader
+    lease.report_limit = min(REPORT_LIMIT, _pipe_capacity(writer))
+    return reader
 
 
 def _prepare_connections_for_fork() -> None:
-    """Give the horse a live connection to inherit; SQLite files are reopened per horse."""
+    """Give the horse a live connection to inherit (SQLite's are closed after the lease)."""
     now = time.monotonic()
     for connection in connections.all():
         if connection.vendor == "sqlite":
-            connection.close()
             continue
         try:
             stale = now - _checked_at.get(connection.alias, 0.0) > USABLE_CHECK_SECONDS

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import redis
 from django.conf import settings
 from rq import Queue, Retry, get_current_job
-from rq.command import send_stop_job_command
+from rq.command import send_command, send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.timeouts import JobTimeoutException
@@ -111,10 +111,17 @@ def delete_job(job_id: str) -> None:
         raise QueueUnavailable(f"Could not cancel job {job_id}: {exc}") from exc
 
 
-def stop_job(job_id: str) -> bool:
-    """Ask the worker running the job to kill its work horse; False if none runs it."""
+def stop_job(job_id: str, worker_name: str | None = None) -> bool:
+    """Ask the worker running the job to kill its work horse; False if none runs it.
+
+    With `worker_name` (the worker that leased the task) the stop goes to that worker even
+    before its horse has marked the job started; without it, to the worker RQ names.
+    """
     try:
-        send_stop_job_command(get_connection(), job_id)
+        if worker_name:
+            send_command(get_connection(), worker_name, "stop-job", job_id=job_id)
+        else:
+            send_stop_job_command(get_connection(), job_id)
     except (NoSuchJobError, InvalidJobOperation):
         return False
     except RedisError as exc:

@@ -18,7 +18,7 @@ from taskqueue.exceptions import (
     TaskNotFound,
     TooManyActiveTasks,
 )
-from taskqueue.models import Task
+from taskqueue.models import Task, TaskAttempt
 from taskqueue.registry import get_task_type, queue_for_priority
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,13 @@ def cancel_task(task: Task | int, *, by: Any = None) -> str:
             return CANCELLED
         if task.status == Task.Status.LEASED:
             task.request_stop(by=by)
-            transaction.on_commit(partial(_quietly, backend.stop_job, task.job_id))
+            worker = (
+                TaskAttempt.objects.filter(task=task, number=task.attempts)
+                .values_list("worker_name", flat=True)
+                .first()
+            )
+            stop = partial(backend.stop_job, worker_name=worker)
+            transaction.on_commit(partial(_quietly, stop, task.job_id))
             return STOPPING
         if task.is_terminal:
             break
@@ -158,7 +164,7 @@ def _quietly(action: Any, job_id: str) -> None:
     try:
         action(job_id)
     except QueueUnavailable as exc:
-        logger.warning("%s: the reconciler will finish this: %s", action.__name__, exc)
+        logger.warning("Job %s: the reconciler will finish this: %s", job_id, exc)
 
 
 def retry_task(task: Task | int, *, by: Any = None, source: str = "") -> Task:

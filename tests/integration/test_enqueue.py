@@ -161,3 +161,19 @@ def test_the_cap_is_counted_once_in_a_while_far_below_it_and_on_every_enqueue_ne
         with CaptureQueriesContext(connection) as queries:
             enqueue_task("ping")
     assert not [q for q in queries if "count(*)" in q["sql"].lower()]
+
+
+def test_a_stop_goes_to_the_worker_that_leased_the_task_even_before_rq_marks_it_started() -> None:
+    import json
+
+    task, _ = enqueue_task("ping")
+    Task.objects.lease(task.pk, dispatch=0, worker_name="worker-that-leased")
+    pubsub = backend.get_connection().pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("rq:pubsub:worker-that-leased")
+    try:
+        pubsub.get_message(timeout=1)
+        assert cancel_task(task.pk) == "stopping"
+        message = pubsub.get_message(timeout=2)
+    finally:
+        pubsub.close()
+    assert json.loads(message["data"]) == {"command": "stop-job", "job_id": task.job_id}

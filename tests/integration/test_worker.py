@@ -228,7 +228,8 @@ def horse_view():
         lease = worker.lease_before_fork(job, "the-worker")
         reader = None
         if lease is not None and lease.task is not None:
-            reader, lease.report_fd = os.pipe()  # the worker keeps its end: not handed over
+            reader = worker.open_report_pipe(lease)
+            lease.report_reader = None  # one process here: the "horse" must not close it
         if lease is not None:
             execution.handoff[job.id] = lease
         leased = Task.objects.get(pk=task.pk)
@@ -322,3 +323,31 @@ def test_the_report_is_read_even_if_a_process_the_handler_forked_holds_the_pipe(
         os.close(empty_writer)
     finally:
         os.close(grandchild_copy)
+
+
+def test_a_stop_sent_between_the_lease_and_the_horse_start_kills_the_horse(redis_db) -> None:
+    """The worker leases before it forks: a stop sent then reaches it before RQ knows the
+    job is running, and must still end the horse (RQ alone would ignore it)."""
+    import json
+    import subprocess
+
+    from taskqueue import execution
+    from taskqueue.worker import Worker
+
+    task, _ = enqueue_task("ping")
+    leased = Task.objects.lease(task.pk, dispatch=0, worker_name="w")
+    worker = Worker([backend.get_queue("default")], connection=redis_db)
+    worker._lease = execution.Lease(task=leased)
+    message = {"data": json.dumps({"command": "stop-job", "job_id": task.job_id}).encode()}
+
+    worker.handle_payload(message)  # no horse yet: remembered
+    assert worker._stop_pending and worker._stopped_job_id == task.job_id
+    horse = subprocess.Popen(["sleep", "30"])  # stands for the horse just forked
+    worker._horse_pid = horse.pid
+    worker._honour_pending_stop()
+    assert horse.wait(timeout=5) == -9
+
+    horse = subprocess.Popen(["sleep", "30"])  # a horse alive when the stop arrives
+    worker._horse_pid, worker._stop_pending = horse.pid, False
+    worker.handle_payload(message)
+    assert horse.wait(timeout=5) == -9
