@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from taskqueue import backend
 from taskqueue.models import Task
 from taskqueue.services import STOPPING, cancel_task, enqueue_task
 from tests.helpers import wait_for
@@ -103,7 +104,8 @@ def test_a_failure_retried_at_once_is_run_again_by_another_worker(worker_process
 def test_a_horse_whose_worker_is_killed_records_its_own_outcome(worker_process) -> None:
     task, _ = enqueue_task("diagnostic", {"action": "sleep", "seconds": 2})
     worker = worker_process()
-    wait_for(lambda: status_of(task) == "leased")
+    # Started in RQ: the horse runs (the worker leases before it forks: `leased` is earlier).
+    wait_for(lambda: backend.job_states([task.job_id])[task.job_id].status == "started")
     os.kill(worker.pid, signal.SIGKILL)  # the worker only: its horse has a group of its own
     wait_for(lambda: status_of(task) == "completed", timeout=20)
     task.refresh_from_db()
