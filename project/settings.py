@@ -98,6 +98,10 @@ TASKQUEUE = {
     "JOB_MONITORING_INTERVAL": env_int("TASKQUEUE_JOB_MONITORING_INTERVAL", 30, minimum=1),
     "HEARTBEAT_MARGIN": env_int("TASKQUEUE_HEARTBEAT_MARGIN", 60, minimum=1),
     "RECONCILE_GRACE": env_int("TASKQUEUE_RECONCILE_GRACE", 30),
+    "SCHEDULE_GRACE": env_int("TASKQUEUE_SCHEDULE_GRACE", 10),
+    # 1 gives every task a fresh work horse (handlers that must not share a process).
+    "HORSE_MAX_TASKS": env_int("TASKQUEUE_HORSE_MAX_TASKS", 1000, minimum=1),
+    "HORSE_MAX_RSS_MB": env_int("TASKQUEUE_HORSE_MAX_RSS_MB", 512, minimum=16),
     "TASK_RETENTION_DAYS": env_int("TASK_RETENTION_DAYS", 30, minimum=1),
     "FAILED_TASK_RETENTION_DAYS": env_int("FAILED_TASK_RETENTION_DAYS", 90, minimum=1),
     "TOKEN_CACHE_SECONDS": env_int("TASKQUEUE_TOKEN_CACHE_SECONDS", 5),

@@ -29,6 +29,18 @@ DEFAULTS: dict[str, Any] = {
     # together they bound how long a task whose whole worker died stays `leased`.
     "JOB_MONITORING_INTERVAL": 30,
     "HEARTBEAT_MARGIN": 60,
+    # The worker's long-lived work horse: replaced after this many tasks or above this
+    # resident size, and killed this long after an attempt's timeout if the handler ignores
+    # the timeout raised into it.
+    "HORSE_MAX_TASKS": 1000,
+    "HORSE_MAX_RSS_MB": 512,
+    "HORSE_KILL_GRACE": 1.0,
+    # How long a cancel of a running task waits for the worker to confirm the stop (or for
+    # the attempt to end first) before it answers "stopping".
+    "STOP_WAIT_SECONDS": 2.0,
+    # A retry or deferral this late past its time in RQ's scheduled registry is dispatched
+    # by the reconciler (RQ's scheduler is gone, or no worker runs one).
+    "SCHEDULE_GRACE": 10,
     # Retention: terminal tasks older than this many days are pruned daily.
     "TASK_RETENTION_DAYS": 30,
     "FAILED_TASK_RETENTION_DAYS": 90,

@@ -13,6 +13,7 @@ from rest_framework import serializers
 
 from taskqueue import backend
 from taskqueue.conf import conf
+from taskqueue.exceptions import TaskError
 from taskqueue.progress import report_progress
 from taskqueue.registry import Backoff, PayloadSerializer, register
 
@@ -39,6 +40,8 @@ class DiagnosticPayload(PayloadSerializer):
         "kill_once",
         "stubborn_sleep",
         "progress",
+        "sleep_fail",
+        "fail_final",
     )
 
     action = serializers.ChoiceField(choices=ACTIONS, default="succeed")
@@ -65,6 +68,13 @@ def diagnostic(
         time.sleep(seconds)
     elif action == "fail":
         raise RuntimeError("diagnostic failure on request")
+    elif action in ("sleep_fail", "fail_final"):  # sleep, witness "fail", then fail
+        time.sleep(seconds)
+        if witness:
+            _witness(witness, "fail")
+        if action == "fail_final":
+            raise TaskError("diagnostic_final", "diagnostic final failure", retryable=False)
+        raise RuntimeError("diagnostic failure after a sleep")
     elif action == "exit":
         os._exit(exit_code)
     elif action == "kill" or (action == "kill_once" and "start" not in previous):

@@ -1,325 +1,384 @@
-"""The worker process: RQ's forking worker, writing the mirror itself.
+"""The worker process: RQ's worker loop, owning every attempt it leases from start to end.
 
-For each job of a non-exclusive type the worker leases the task and validates its payload
-before it forks the work horse, and records the outcome the horse reports on a pipe once
-the horse has exited: the horse only runs the handler. A work horse is a fresh
-copy-on-write process, and every object it touches the first time costs it a page copy:
-the same statements cost it two to four times what they cost the worker (measured). The
-worker also records what a horse could not: its death (killed, stopped, hard timeout).
+For each job of a task the worker (this process) does everything but run the handler:
 
-The worker's database connection is handed to each horse across fork(); the worker
-touches it only while no horse lives (before the fork, after the horse has exited). A
-SQLite connection is closed before each fork instead.
+1. RQ's bookkeeping of a started job (execution, started registry, heartbeats);
+2. the lease: queued/retrying → leased, one statement (an exclusive type's unique index
+   refuses a second leased task of the type: the task is deferred);
+3. hands the task to its long-lived work horse (taskqueue.horse) and waits for the
+   outcome, heartbeating RQ and the task row (`heartbeat_at`, which also brings back a stop
+   asked for while pub/sub was down) every JOB_MONITORING_INTERVAL;
+4. decides, alone, how the attempt ended: the horse's report if it wrote one (a stop or a
+   timeout that comes after it loses), else stopped, timed out (killed at the timeout plus
+   HORSE_KILL_GRACE), shut down or lost (the horse died);
+5. records that end on the task, then tells RQ the same (finished, retried, failed or
+   stopped).
+
+A stop is a command on the worker's pub/sub channel, handled in RQ's pub/sub thread: it
+only marks the running attempt and wakes this loop. Jobs of other functions (the cron
+jobs) run RQ's way, in a horse forked for the job.
 """
 
 import contextlib
-import fcntl
-import json
 import logging
 import os
-import signal
+import select
 import threading
 import time
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from django.db import DatabaseError, connections, transaction
-from django.utils import timezone
-from django.utils.dateparse import parse_datetime
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from rq.command import parse_payload
+from rq.job import Job
+from rq.queue import Queue
+from rq.utils import now as rq_now
 from rq.worker import Worker as RQWorker
+from rq.worker import WorkerStatus
 
 from taskqueue import backend
 from taskqueue.conf import conf
-from taskqueue.exceptions import UnknownTaskType
 from taskqueue.execution import (
-    REPORT_LIMIT,
-    Lease,
+    COMPLETED,
     close_connections,
-    handoff,
+    defer,
     record_outcome,
-    release_lock,
+    retry_at_for,
+    skip,
+    validate,
 )
+from taskqueue.horse import Horse, spawn
 from taskqueue.models import Task
 from taskqueue.registry import get_task_type
 
 logger = logging.getLogger(__name__)
 
-# How often the worker checks the connection it hands to its horses (a SELECT 1); in
-# between, a horse that finds it dead reconnects by itself and closes it for the next one.
-USABLE_CHECK_SECONDS = 5.0
-_checked_at: dict[str, float] = {}
+STOPPED = "stopped"
+# How often an idle worker wakes from its wait on the queues (to take over RQ's scheduler
+# when the worker that ran it died); RQ's default is close to worker_ttl (7 minutes).
+IDLE_WAKE_SECONDS = 10
+
+
+@dataclass
+class Attempt:
+    """The attempt this worker runs; `stop` and `cold` are set from other threads."""
+
+    job: Job
+    queue: Queue
+    task: Task | None = None
+    stop: bool = False
+    cold: bool = False
+    ended_elsewhere: bool = False
 
 
 class Worker(RQWorker):
-    """RQ's forking worker that leases, records outcomes and records dead work horses."""
+    """RQ's worker, with one long-lived work horse and the mirror written by this process."""
 
-    _horse_status: int | None = None
-    _horse_reaped = False
-    _lease: Lease | None = None
-    _report_reader: int | None = None
-    # A stop for the job leased before the fork, received before its horse existed.
-    _stop_pending = False
-
-    def work(self, *args: Any, **kwargs: Any) -> bool:
-        warm_up()
-        return super().work(*args, **kwargs)
+    _horse: Horse | None = None
+    _running: Attempt | None = None
+    _cold = False
+    _scheduler_checked = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("job_monitoring_interval", conf.JOB_MONITORING_INTERVAL)
         super().__init__(*args, **kwargs)
-        self._stop_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._wake_lock = threading.Lock()
 
-    def handle_payload(self, message: Any) -> None:
-        """RQ's commands, plus a stop for the job this worker leased before its horse runs.
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        warm_up()
+        try:
+            return super().work(*args, **kwargs)
+        finally:
+            self._retire_horse()
 
-        RQ only stops the job its horse has marked as current; the lease comes first, so a
-        stop sent in between (the task already shows as running) would be ignored. Kept
-        here, it kills the horse as soon as there is one (runs in RQ's pubsub thread).
-        Once the horse has marked the job, RQ's stop (which kills its process group) runs.
+    @property
+    def dequeue_timeout(self) -> int:
+        return min(super().dequeue_timeout, IDLE_WAKE_SECONDS)
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> None:
+        super().heartbeat(*args, **kwargs)
+        self._take_over_scheduler()
+
+    def _take_over_scheduler(self) -> None:
+        """Start RQ's scheduler here if this worker was started with it and none runs.
+
+        RQ tries only in its maintenance pass (every 10 minutes): retries and deferrals
+        would wait that long after the worker running the scheduler died.
         """
-        payload = parse_payload(message)
-        lease = self._lease
-        job_id = lease.task.job_id if lease is not None and lease.task is not None else None
-        if (
-            payload.get("command") == "stop-job"
-            and job_id is not None
-            and payload.get("job_id") == job_id
-            and self.get_current_job_id() != job_id  # else RQ's own stop applies
-        ):
-            with self._stop_lock:
-                self._stopped_job_id = job_id  # RQ then records the job stopped
-                if self._horse_pid:
-                    _kill(self._horse_pid)
-                else:
-                    self._stop_pending = True
+        scheduler = self.scheduler
+        if scheduler is None or time.monotonic() - self._scheduler_checked < IDLE_WAKE_SECONDS:
             return
-        super().handle_payload(message)
+        self._scheduler_checked = time.monotonic()
+        process = scheduler._process  # RQ's own check in run_maintenance_tasks (rq 2.12)
+        if process is None or not process.is_alive():
+            with contextlib.suppress(backend.RedisError):
+                scheduler.acquire_locks(auto_start=True)
 
-    def get_heartbeat_ttl(self, job: Any) -> int:
+    def get_heartbeat_ttl(self, job: Job) -> int:
         """RQ's formula with a configurable margin instead of its fixed 60 s."""
         interval = self.job_monitoring_interval
         if job.timeout and job.timeout > 0:
             interval = min(job.timeout - self.current_job_working_time, interval)
         return int(max(interval, 1)) + conf.HEARTBEAT_MARGIN
 
-    def fork_work_horse(self, job: Any, queue: Any) -> None:
-        _prepare_connections_for_fork()
-        self._horse_status, self._horse_reaped, self._stop_pending = None, False, False
-        self._lease = lease_before_fork(job, self.name)
-        close_connections("sqlite")  # a SQLite handle must not cross fork(); the horse reopens
-        if self._lease is not None:
-            if self._lease.task is not None:
-                self._report_reader = open_report_pipe(self._lease)
-            handoff[job.id] = self._lease
+    # Commands and signals, from other threads or signal handlers: they only mark and wake.
+
+    def handle_payload(self, message: Any) -> None:
+        payload = parse_payload(message)
+        if payload.get("command") == "stop-job":
+            attempt = self._running
+            if attempt is not None and attempt.job.id == payload.get("job_id"):
+                attempt.stop = True
+                self._wake()
+            else:  # not running here (any more): the task row says what to do
+                logger.info("Stop for job %s, which this worker does not run", payload)
+            return
+        super().handle_payload(message)
+
+    def kill_horse(self, sig: Any = None) -> None:
+        if self._horse_pid:  # a horse RQ forked for a job of another function
+            super().kill_horse(*(() if sig is None else (sig,)))
+        elif self._running is not None and self._horse is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._horse.pid, 9)
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """Cold shutdown: end the running attempt as interrupted, record it, then exit."""
+        attempt = self._running
+        if attempt is None or attempt.task is None:
+            return super().request_force_stop(signum, frame)
+        requested = self._shutdown_requested_date
+        if requested and rq_now() - requested < timedelta(seconds=1):
+            return None  # the same signal seen twice (RQ's rule)
+        self.log.warning("Worker %s: cold shut down, ending the running attempt", self.name)
+        self._cold = attempt.cold = True
+        self._wake()
+        return None
+
+    def _wake(self) -> None:
+        with self._wake_lock, contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"!")
+
+    # One job.
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        if job.func_name != backend.JOB_FUNCTION:
+            super().execute_job(job, queue)  # RQ's way: a horse forked for this job
+            return
+        self._running = attempt = Attempt(job=job, queue=queue)  # stops count from here
         try:
-            super().fork_work_horse(job, queue)
+            self.prepare_execution(job)
+            self.prepare_job_execution(job)
+            self._execute_attempt(attempt)
         finally:
-            handoff.clear()
-            if self._lease is not None and self._lease.report_fd is not None:
-                os.close(self._lease.report_fd)  # the horse holds its own copy
-        self._honour_pending_stop()
+            self._running = None
+            self.set_state(WorkerStatus.IDLE)
+        if self._cold:
+            raise SystemExit(1)
 
-    def _honour_pending_stop(self) -> None:
-        """Kill the horse just forked if a stop for its job came while it did not exist."""
-        with self._stop_lock:
-            if self._stop_pending and self._horse_pid:
-                _kill(self._horse_pid)
-
-    def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
-        pid, status, rusage = super().wait_for_horse()
-        if pid:
-            self._horse_status, self._horse_reaped = status, True
-        return pid, status, rusage
-
-    def monitor_work_horse(self, job: Any, queue: Any) -> None:
+    def _execute_attempt(self, attempt: Attempt) -> None:
+        job, queue = attempt.job, attempt.queue
+        task_id, dispatch = [*job.args, 0][:2]
         try:
-            super().monitor_work_horse(job, queue)
-        finally:
-            lease, self._lease = self._lease, None
-            reader, self._report_reader = self._report_reader, None
-            self._stop_pending = False
-            if job.func_name == backend.JOB_FUNCTION and self._horse_reaped:
-                try:
-                    record_after_horse(job, queue, lease, reader, self._horse_status)
-                except Exception:
-                    logger.exception("Could not record the end of job %s", job.id)
-            elif reader is not None:  # the horse may live on: its outcome is the reconciler's
-                os.close(reader)
+            attempt.task = Task.objects.lease(
+                task_id, dispatch=dispatch, worker_name=self.name, heartbeats=True
+            )
+        except IntegrityError:  # another task of this exclusive type is running
+            self._rq_finished(job, queue, defer(task_id))
+            return
+        except DatabaseError as exc:
+            close_connections()
+            self._rq_failed(job, queue, f"Could not lease task {task_id}: {exc}", retry=False)
+            return
+        if attempt.task is None:
+            self._rq_finished(job, queue, skip(task_id, dispatch))
+            return
+        payload, outcome = validate(attempt.task)
+        if outcome is None:
+            outcome = self._run_in_horse(attempt, payload)
+        self._end(attempt, outcome)
 
-
-def record_after_horse(
-    job: Any, queue: Any, lease: Lease | None, reader: int | None, exit_status: int | None
-) -> None:
-    """Once the horse of `job` has exited: record the outcome it reported, or its death."""
-    report = _read_report(reader) if reader is not None else None
-    if report is not None and lease is not None and lease.task is not None:
-        if report["status"] != "recorded":  # else the horse did (a retried failure, a large one)
-            if exit_status != os.EX_OK:
-                close_connections()  # the horse may have died mid-query
-            _record_report(lease.task, report)
-    elif exit_status != os.EX_OK or reader is not None:
-        record_dead_horse(job, queue, exit_status)
-
-
-def lease_before_fork(job: Any, worker_name: str) -> Lease | None:
-    """Lease the job's task here, in the worker, for the horse to inherit.
-
-    None leaves it to the horse: exclusive types (their lock comes first), jobs of other
-    functions, jobs without their type in their meta, and a database error here.
-    """
-    if job.func_name != backend.JOB_FUNCTION:
-        return None
-    task_id, dispatch = [*job.args, 0][:2]
-    task_type = (job.meta or {}).get("task_type")
-    try:
-        if task_type is None or (spec := get_task_type(task_type)).policy.exclusive:
-            return None
-    except UnknownTaskType:
-        return None
-    try:
-        task = Task.objects.lease(task_id, dispatch=dispatch, worker_name=worker_name)
-    except DatabaseError:
-        close_connections()  # the horse will lease (or reconnect and lease) by itself
-        logger.warning("Could not lease task %s before forking; the horse will", task_id)
-        return None
-    payload = None
-    if task is not None:
-        with contextlib.suppress(Exception):  # the horse validates again, and fails it
-            payload = spec.validate_payload(task.payload)
-    return Lease(task=task, payload=payload)
-
-
-def _read_report(fd: int) -> dict[str, Any] | None:
-    """The outcome the horse wrote on the pipe (it has exited), or None.
-
-    Read without blocking: whatever the horse wrote is in the pipe now, and a process the
-    handler forked may still hold the write end open (EOF would never come).
-    """
-    chunks = []
-    os.set_blocking(fd, False)
-    try:
+    def _run_in_horse(self, attempt: Attempt, payload: dict[str, Any]) -> dict[str, Any]:
+        """Have the horse run the attempt; its outcome, as this worker decides it."""
+        task = attempt.task
+        horse = self._horse_for_next_job()
+        if attempt.stop or attempt.cold:
+            return _interrupted(attempt)
+        horse.send({"job_id": attempt.job.id, "task": task, "payload": payload,
+                    "timeout": task.timeout})  # fmt: skip
+        started = time.monotonic()
+        deadline = started + task.timeout + conf.HORSE_KILL_GRACE
+        next_beat = started + self.job_monitoring_interval
         while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    if not chunks:
-        return None
-    try:
-        return json.loads(b"".join(chunks))
-    except ValueError:
-        logger.warning("A work horse left a truncated report; ending its attempt from RQ's view")
-        return None
+            wait = max(min(deadline, next_beat) - time.monotonic(), 0)
+            readable, _, _ = select.select([horse.reports, self._wake_r], [], [], wait)
+            if horse.reports in readable:
+                return self._report_of(horse)
+            if self._wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 1024)
+            if attempt.stop or attempt.cold or attempt.ended_elsewhere:
+                return self._interrupt(horse, _interrupted(attempt))
+            current = time.monotonic()
+            if current >= deadline:
+                return self._interrupt(horse, _timed_out(task))
+            if current >= next_beat:
+                next_beat = current + self.job_monitoring_interval
+                self._beat(attempt, current - started)
 
+    def _report_of(self, horse: Horse) -> dict[str, Any]:
+        report = horse.read_report()
+        if report is None:  # the end of the pipe: the horse died
+            self._discard_horse()
+            return _lost(f"The work horse died without finishing ({horse.describe_exit()}).")
+        horse.tasks_run += 1
+        if report.get("error_code") == "timeout":  # interrupted mid-handler: start afresh
+            self._retire_horse()
+        return report
 
-def _record_report(task: Task, report: dict[str, Any]) -> None:
-    task.progress = report["progress"]
-    task.progress_message = report["progress_message"]
-    if report.get("retry_at"):
-        report["retry_at"] = parse_datetime(report["retry_at"])
-    record_outcome(task, report["attempt"], report)
+    def _interrupt(self, horse: Horse, outcome: dict[str, Any]) -> dict[str, Any]:
+        """Kill the horse unless it has reported: a report written first (even as it was
+        being killed) wins, else `outcome` is the attempt's."""
+        if not horse.has_report():
+            horse.kill()
+        report = horse.read_report()
+        if report is None or horse.exit_status is not None:
+            self._discard_horse()
+        if report is None:
+            return outcome
+        horse.tasks_run += 1
+        return report
 
-
-def _pipe_capacity(fd: int) -> int:
-    """How many bytes the pipe holds (Linux shrinks new pipes once a user's quota is spent)."""
-    try:
-        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
-    except (AttributeError, OSError):
-        return 4096  # the smallest a pipe can be
-
-
-def _kill(pid: int) -> None:
-    """Kill a work horse that has not started its handler (nor, maybe, its own group yet:
-    RQ's kill_horse signals the horse's process group, the worker's own until setpgrp)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def open_report_pipe(lease: Lease) -> int:
-    """Give the lease a pipe for its horse's report; returns the worker's (reading) end."""
-    reader, writer = os.pipe()
-    lease.report_fd, lease.report_reader = writer, reader
-    lease.report_limit = min(REPORT_LIMIT, _pipe_capacity(writer))
-    return reader
-
-
-def _prepare_connections_for_fork() -> None:
-    """Give the horse a live connection to inherit (SQLite's are closed after the lease)."""
-    now = time.monotonic()
-    for connection in connections.all():
-        if connection.vendor == "sqlite":
-            continue
+    def _beat(self, attempt: Attempt, elapsed: float) -> None:
+        """Heartbeat RQ and the task row; learn of a stop, or of the attempt ended elsewhere."""
+        self.set_current_job_working_time(elapsed)
         try:
-            stale = now - _checked_at.get(connection.alias, 0.0) > USABLE_CHECK_SECONDS
-            if connection.connection is not None and stale:
-                _checked_at[connection.alias] = now
-                if not connection.is_usable():
-                    connection.close()
-            connection.ensure_connection()
-        except DatabaseError:
-            connection.close()  # the horse will try to connect by itself
+            self.maintain_heartbeats(attempt.job)
+        except backend.RedisError as exc:
+            self.log.warning("Worker %s: heartbeat to Redis failed: %s", self.name, exc)
+        try:
+            state = attempt.task.heartbeat(attempt=attempt.task.attempts)
+        except DatabaseError as exc:
+            close_connections()
+            self.log.warning("Worker %s: heartbeat to the database failed: %s", self.name, exc)
+            return
+        if state is None:
+            attempt.ended_elsewhere = True  # the reconciler judged it: not ours any more
+        elif state:
+            attempt.stop = True
+
+    # The end of an attempt: the row first, then RQ.
+
+    def _end(self, attempt: Attempt, outcome: dict[str, Any]) -> None:
+        job, queue, task = attempt.job, attempt.queue, attempt.task
+        if attempt.ended_elsewhere and outcome["status"] != COMPLETED:
+            self._rq_failed(job, queue, "The attempt was ended by the reconciler.", retry=False)
+            return
+        if outcome["status"] == STOPPED:
+            task.stopped(attempt=task.attempts)
+            self._stopped_job_id = job.id  # RQ marks the job stopped
+            self._rq_failed(job, queue, "Stopped on request.", retry=False)
+            return
+        delay = job.get_retry_interval() if job.should_retry else None
+        retry_at = retry_at_for(task, outcome, delay)
+        record_outcome(task, outcome, retry_at=retry_at)
+        if outcome["status"] == COMPLETED:
+            self._rq_finished(job, queue, outcome["result"])
+        else:
+            retried = retry_at is not None and task.status == Task.Status.RETRYING
+            self._rq_failed(job, queue, outcome.get("traceback", ""), retry=retried)
+
+    def _rq_finished(self, job: Job, queue: Queue, result: dict[str, Any]) -> None:
+        job.ended_at = rq_now()
+        job._result = result
+        try:
+            self.handle_job_success(job, queue, queue.started_job_registry)
+        except backend.RedisError as exc:  # the row is the truth; the reconciler reads it
+            self.log.warning("Worker %s: could not finish job %s: %s", self.name, job.id, exc)
+
+    def _rq_failed(self, job: Job, queue: Queue, exc_string: str, *, retry: bool) -> None:
+        job.ended_at = rq_now()
+        if not retry:
+            job.retries_left = 0
+        try:
+            self.handle_job_failure(job, queue, queue.started_job_registry, exc_string)
+        except backend.RedisError as exc:
+            self.log.warning("Worker %s: could not mark job %s failed: %s", self.name, job.id, exc)
+
+    # The horse's life.
+
+    def _horse_for_next_job(self) -> Horse:
+        horse = self._horse
+        if horse is not None and horse.alive():
+            if horse.tasks_run < conf.HORSE_MAX_TASKS and (
+                horse.rss_bytes() < conf.HORSE_MAX_RSS_MB * 1024 * 1024
+            ):
+                return horse
+            self._retire_horse()
+        elif horse is not None:
+            self._discard_horse()
+        _close_for_fork()
+        self._horse = spawn(self.name)
+        return self._horse
+
+    def _discard_horse(self) -> None:
+        horse, self._horse = self._horse, None
+        if horse is not None:
+            horse.kill()
+            horse.close()
+
+    def _retire_horse(self) -> None:
+        horse, self._horse = self._horse, None
+        if horse is not None:
+            horse.retire()
+
+
+def _interrupted(attempt: Attempt) -> dict[str, Any]:
+    if attempt.stop and not attempt.cold:
+        return {"status": STOPPED}
+    return _lost("The worker was shut down while the attempt ran.")
+
+
+def _timed_out(task: Task) -> dict[str, Any]:
+    return {
+        "status": "failed",
+        "error_code": "timeout",
+        "error_message": f"The attempt exceeded its timeout of {task.timeout} s"
+        " and its work horse was killed.",
+        "retryable": True,
+    }
+
+
+def _lost(message: str) -> dict[str, Any]:
+    return {"status": "failed", "error_code": "worker_lost", "error_message": message,
+            "retryable": True}  # fmt: skip
+
+
+def _close_for_fork() -> None:
+    """Close this process's database connections: none may be shared with the horse."""
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+        if getattr(connection, "pool", None) is not None:
+            connection.close_pool()
 
 
 def warm_up() -> None:
-    """Run the per-task ORM paths once, in a transaction rolled back, before any fork.
+    """Run the per-task ORM paths once, in a transaction rolled back, before the horse forks.
 
-    Django builds model metadata and query-compilation caches lazily; built in a work horse
-    they die with it, and every horse paid them again (about 10 ms a task, measured). Built
-    here, in the worker, every horse inherits them. Nothing is kept (only the two tables'
-    id sequences advance by one).
+    Django builds model metadata and query-compilation caches lazily; built here they are
+    inherited by the horse. Nothing is kept (only the tables' id sequences advance by one).
     """
     try:
         with transaction.atomic():
             task = Task.objects.create(task_type="ping", payload={})
             leased = Task.objects.lease(task.pk, dispatch=0, worker_name="warm-up")
+            leased.heartbeat(attempt=leased.attempts)
             leased.complete(attempt=leased.attempts, result={})
             get_task_type(task.task_type).validate_payload(leased.payload)
             Task.objects.with_attempt_history().filter(pk=task.pk).first()
             transaction.set_rollback(True)
     except DatabaseError:
         logger.info("Worker warm-up skipped: the database is unreachable")
-
-
-def record_dead_horse(job: Any, queue: Any, exit_status: int | None) -> None:
-    """The horse of `job` ended without an outcome for its attempt: record one from here."""
-    task_id, dispatch = [*job.args, 0][:2]
-    outcome = backend.horse_outcome(job, queue)
-    close_connections()  # the horse may have died mid-query on the shared connection
-    task = Task.objects.filter(pk=task_id, dispatch=dispatch, status=Task.Status.LEASED).first()
-    if task is None:
-        return
-    if outcome.stopped:
-        task.stopped(attempt=task.attempts)
-    else:
-        code = "timeout" if outcome.timed_out else "worker_lost"
-        retry_at = None
-        if outcome.retried and task.attempts < task.max_attempts:
-            retry_at = outcome.retry_at or timezone.now()
-        task.fail(
-            attempt=task.attempts,
-            error_code=code,
-            error_message=f"The work horse died without finishing ({_describe(exit_status)}).",
-            retry_at=retry_at,
-        )
-    logger.warning(
-        "Task %s: attempt %s ended by the worker (%s)", task.pk, task.attempts, task.error_code
-    )
-    try:
-        spec = get_task_type(task.task_type)
-    except UnknownTaskType:
-        return
-    if spec.policy.exclusive:
-        release_lock(task.task_type, job.id)
-
-
-def _describe(exit_status: int | None) -> str:
-    if exit_status is None:
-        return "killed by the worker"
-    if os.WIFSIGNALED(exit_status):
-        return f"killed by signal {os.WTERMSIG(exit_status)}"
-    return f"exit code {os.waitstatus_to_exitcode(exit_status)}"

@@ -142,7 +142,7 @@ class TaskAdmin(admin.ModelAdmin):
             return self._confirm(request, queryset, "cancel_selected", "Cancel or stop")
         for task in queryset:
             try:
-                outcome = cancel_task(task, by=request.user)
+                outcome = cancel_task(task, by=request.user, wait=0)
             except TaskQueueError as exc:
                 messages.warning(request, f"Task {task.pk}: not cancelled — {exc.message}")
                 continue

@@ -4,6 +4,8 @@ One Redis client per process (redis-py's pool is fork-safe), so the enqueue path
 opens a connection per request.
 """
 
+import contextvars
+import json
 import logging
 import os
 import time
@@ -14,8 +16,9 @@ from typing import TYPE_CHECKING
 
 import redis
 from django.conf import settings
+from redis.exceptions import LockError
 from rq import Queue, Retry, get_current_job
-from rq.command import send_command, send_stop_job_command
+from rq.command import PUBSUB_CHANNEL_TEMPLATE
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.timeouts import JobTimeoutException
@@ -36,11 +39,6 @@ JOB_FUNCTION = "taskqueue.execution.run_task"
 SKIPPED = "taskqueue_skipped"
 LOCK_PREFIX = "taskqueue:lock:"
 RedisError = redis.RedisError
-
-_RELEASE_SCRIPT = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
 
 
 @cache
@@ -101,40 +99,50 @@ def dispatch(task: "Task", *, delay: int = 0) -> None:
 
 
 def delete_job(job_id: str) -> None:
-    """Delete a job that has not started (queued or scheduled); a missing job is fine."""
+    """Delete a job that has not started (queued or scheduled); a missing job is fine.
+
+    A job a worker is ending at this moment may lose its execution under RQ's feet, which
+    RQ reports as ValueError ("Execution ... not found"): the job is going away either way.
+    """
     connection = get_connection()
     try:
         Job.fetch(job_id, connection=connection).delete(remove_from_queue=True)
-    except (NoSuchJobError, InvalidJobOperation):
+    except (NoSuchJobError, InvalidJobOperation, ValueError):
         pass
     except RedisError as exc:
         raise QueueUnavailable(f"Could not cancel job {job_id}: {exc}") from exc
 
 
-def stop_job(job_id: str, worker_name: str | None = None) -> bool:
-    """Ask the worker running the job to kill its work horse; False if none runs it.
+def stop_job(job_id: str, worker_name: str) -> bool:
+    """Ask `worker_name` (the worker that leased the attempt) to stop the job.
 
-    With `worker_name` (the worker that leased the task) the stop goes to that worker even
-    before its horse has marked the job started; without it, to the worker RQ names.
+    True if a worker received the command; False if nobody listens on its channel (the
+    worker is gone, or reconnecting to Redis): the stop, recorded on the task, then reaches
+    the worker through its next heartbeat, or the reconciler ends the attempt.
     """
+    connection = get_connection()
+    payload = json.dumps({"command": "stop-job", "job_id": job_id})
     try:
-        if worker_name:
-            send_command(get_connection(), worker_name, "stop-job", job_id=job_id)
-        else:
-            send_stop_job_command(get_connection(), job_id)
-    except (NoSuchJobError, InvalidJobOperation):
-        return False
+        return bool(connection.publish(PUBSUB_CHANNEL_TEMPLATE % worker_name, payload))
     except RedisError as exc:
         raise QueueUnavailable(f"Could not send a stop for job {job_id}: {exc}") from exc
-    return True
 
 
 def acquire_lock(name: str, token: str, ttl: int) -> bool:
-    return bool(get_connection().set(LOCK_PREFIX + name, token, nx=True, ex=ttl))
+    """Take the lock `name` for `ttl` seconds unless another holder has it (redis-py's Lock)."""
+    lock = get_connection().lock(LOCK_PREFIX + name, timeout=ttl)
+    return bool(lock.acquire(blocking=False, token=token))
 
 
 def release_lock(name: str, token: str) -> bool:
-    return bool(get_connection().eval(_RELEASE_SCRIPT, 1, LOCK_PREFIX + name, token))
+    """Release the lock `name` if `token` still holds it; False if it did not."""
+    lock = get_connection().lock(LOCK_PREFIX + name)
+    lock.local.token = token.encode()
+    try:
+        lock.release()
+    except LockError:
+        return False
+    return True
 
 
 def is_timeout(exc: BaseException) -> bool:
@@ -143,18 +151,28 @@ def is_timeout(exc: BaseException) -> bool:
 
 @dataclass
 class JobContext:
-    """What the execution wrapper needs to know of the RQ job running it."""
+    """What the execution wrapper and handlers may know of the RQ job running them.
+
+    In our worker's long-lived horse there is no RQ job object: the worker tells the horse
+    the job's id and its own name, given here as `name` and `id`.
+    """
 
     job: Job | None
+    name: str | None = None
+    id: str | None = None
 
     @property
     def worker_name(self) -> str:
+        if self.name:
+            return self.name
         if self.job is not None and self.job.worker_name:
             return self.job.worker_name
         return f"inline@{os.uname().nodename}:{os.getpid()}"
 
     @property
     def job_id(self) -> str:
+        if self.id:
+            return self.id
         return self.job.id if self.job is not None else f"inline-{os.getpid()}"
 
     @property
@@ -186,56 +204,41 @@ class JobContext:
             self.job.retries_left = 0
 
 
+# The job a long-lived work horse is running (set by the worker's horse, read by handlers).
+running_job: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
+    "running_job", default=None
+)
+
+
 def current_job() -> JobContext:
-    return JobContext(get_current_job())
-
-
-@dataclass
-class JobOutcome:
-    """What RQ says happened to a job whose work horse died."""
-
-    stopped: bool
-    retried: bool
-    timed_out: bool
-    retry_at: datetime | None
-
-
-def horse_outcome(job: Job, queue: Queue) -> JobOutcome:
-    """Read back RQ's decision after a work horse ended abnormally."""
-    try:
-        status = job.get_status(refresh=True)
-    except (InvalidJobOperation, NoSuchJobError):
-        status = None
-    retry_at = None
-    if status == JobStatus.SCHEDULED:
-        try:
-            retry_at = queue.scheduled_job_registry.get_scheduled_time(job)
-        except NoSuchJobError:
-            retry_at = None
-    started = job.started_at or datetime.now(tz=UTC)
-    elapsed = (job.ended_at or datetime.now(tz=UTC)) - started
-    return JobOutcome(
-        stopped=status == JobStatus.STOPPED,
-        retried=status in (JobStatus.SCHEDULED, JobStatus.QUEUED),
-        timed_out=bool(job.timeout and job.timeout > 0 and elapsed.total_seconds() >= job.timeout),
-        retry_at=retry_at,
-    )
+    return running_job.get() or JobContext(get_current_job())
 
 
 @dataclass
 class JobState:
-    """RQ's view of one job: its status (None when Redis has no such job)."""
+    """RQ's view of one job: its status (None when Redis has no such job), and for a
+    scheduled job the time it is due (None if its registry has lost it)."""
 
     status: str | None
+    due_at: datetime | None = None
+    ended_at: datetime | None = None
 
 
 def job_states(job_ids: list[str]) -> dict[str, JobState]:
-    """The RQ status of each job, fetched in one round trip."""
-    jobs = Job.fetch_many(job_ids, connection=get_connection()) if job_ids else []
+    """The RQ status of each job (one round trip, and one more per scheduled job)."""
+    connection = get_connection()
+    jobs = Job.fetch_many(job_ids, connection=connection) if job_ids else []
     states = {}
     for job_id, job in zip(job_ids, jobs, strict=True):
         status = job.get_status(refresh=False) if job is not None else None
-        states[job_id] = JobState(status=status.value if status else None)
+        due_at = None
+        if status == JobStatus.SCHEDULED:
+            score = connection.zscore(get_queue(job.origin).scheduled_job_registry.key, job_id)
+            due_at = datetime.fromtimestamp(score, tz=UTC) if score is not None else None
+        ended_at = job.ended_at.replace(tzinfo=UTC) if job is not None and job.ended_at else None
+        states[job_id] = JobState(
+            status=status.value if status else None, due_at=due_at, ended_at=ended_at
+        )
     return states
 
 

@@ -58,7 +58,7 @@ def _lease_sql(vendor: str) -> tuple[str, str]:
     update = (
         f"UPDATE {task} SET status = 'leased', attempts = attempts + 1,"
         " started_at = COALESCE(started_at, %(now)s), leased_at = %(now)s,"
-        " next_attempt_at = NULL, updated_at = %(now)s"
+        " next_attempt_at = NULL, updated_at = %(now)s, heartbeat_at = %(beat)s"
         " WHERE id = %(id)s AND dispatch = %(dispatch)s AND status IN ('queued', 'retrying')"
     )
     insert = (
@@ -76,7 +76,7 @@ def _lease_sql(vendor: str) -> tuple[str, str]:
     return f"{update} RETURNING {returning}", insert.format(source=source)
 
 
-def lease(task_id: int, dispatch: int, worker_name: str) -> "Task | None":
+def lease(task_id: int, dispatch: int, worker_name: str, *, heartbeats: bool) -> "Task | None":
     """queued/retrying → leased with a new attempt row, if `dispatch` is current.
 
     Returns the leased task as stored (its `attempts` is the new attempt's number), or None.
@@ -85,7 +85,13 @@ def lease(task_id: int, dispatch: int, worker_name: str) -> "Task | None":
     alias = router.db_for_write(task_model)
     connection = connections[alias]
     now = _db_value("updated_at", timezone.now(), connection)
-    params = {"id": task_id, "dispatch": dispatch, "now": now, "worker": worker_name[:200]}
+    params = {
+        "id": task_id,
+        "dispatch": dispatch,
+        "now": now,
+        "beat": now if heartbeats else None,
+        "worker": worker_name[:200],
+    }
     first, second = _lease_sql(connection.vendor)
     atomic = transaction.atomic(using=alias, savepoint=False) if second else nullcontext()
     with atomic, connection.cursor() as cursor:
@@ -146,6 +152,23 @@ def _end_sql(vendor: str, names: tuple[str, ...]) -> tuple[str, str]:
     return update, close.format(source="%(id)s")
 
 
+def heartbeat(task_id: int, number: int, now: datetime) -> bool | None:
+    """Mark attempt `number` alive; None if it has ended, else whether a stop was asked for."""
+    task_model, _ = _models()
+    alias = router.db_for_write(task_model)
+    connection = connections[alias]
+    sql = (
+        f"UPDATE {task_model._meta.db_table} SET heartbeat_at = %(now)s"
+        " WHERE id = %(id)s AND status = 'leased' AND attempts = %(number)s"
+        " RETURNING stop_requested_at"
+    )
+    params = {"id": task_id, "number": number, "now": _db_value("updated_at", now, connection)}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return None if row is None else row[0] is not None
+
+
 # PostgreSQL types of the statements' parameters; a statement with a parameter not named
 # here (a rarer end of attempt) is run without being prepared.
 PARAMETER_TYPES = {
@@ -153,6 +176,7 @@ PARAMETER_TYPES = {
     "dispatch": "integer",
     "number": "integer",
     "now": "timestamptz",
+    "beat": "timestamptz",
     "finished": "timestamptz",
     "worker": "varchar",
     "outcome": "varchar",
@@ -162,6 +186,8 @@ PARAMETER_TYPES = {
     "v_result": "jsonb",
     "v_updated_at": "timestamptz",
     "v_finished_at": "timestamptz",
+    "v_stop_requested_at": "timestamptz",
+    "v_cancelled_by": "bigint",
 }
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 # The statements prepared on each PostgreSQL connection (inherited by work horses).

@@ -40,12 +40,16 @@ class TaskQuerySet(models.QuerySet):
     def finished_before(self, moment: datetime) -> "TaskQuerySet":
         return self.terminal().filter(finished_at__lt=moment)
 
-    def lease(self, task_id: int, *, dispatch: int, worker_name: str) -> "Task | None":
+    def lease(
+        self, task_id: int, *, dispatch: int, worker_name: str, heartbeats: bool = False
+    ) -> "Task | None":
         """queued/retrying → leased with a new attempt, in one statement; the task or None.
 
-        What a work horse runs first: no read before it (the leased row comes back).
+        `heartbeats`: the caller will write `heartbeat_at` while the attempt runs (our worker
+        does), so the reconciler may judge the attempt by it. Raises IntegrityError when the
+        task is exclusive and another task of its type is leased.
         """
-        task = statements.lease(task_id, dispatch, worker_name)
+        task = statements.lease(task_id, dispatch, worker_name, heartbeats=heartbeats)
         if task is not None:
             events.task_changed(task)
         return task
@@ -87,6 +91,9 @@ class Task(models.Model):
     timeout = models.PositiveIntegerField(default=60, help_text="Seconds per attempt.")
     # Generation of the RQ job: a re-dispatch bumps it, so a stale job never runs.
     dispatch = models.PositiveIntegerField(default=0)
+    # Exclusive types: at most one task of the type leased at a time (a unique index below),
+    # so exclusivity lives in the database and survives the loss of Redis.
+    exclusive = models.BooleanField(default=False, editable=False)
     # Set for exclusive types: one active task per (type, payload).
     dedup_key = models.CharField(max_length=64, null=True, blank=True, editable=False)  # noqa: DJ001
 
@@ -99,6 +106,9 @@ class Task(models.Model):
     leased_at = models.DateTimeField(
         null=True, blank=True, help_text="Start of the current attempt."
     )
+    # Written by the worker that owns the running attempt, every JOB_MONITORING_INTERVAL:
+    # the reconciler judges an attempt only once this is older than that plus the margin.
+    heartbeat_at = models.DateTimeField(null=True, blank=True, editable=False)
     stop_requested_at = models.DateTimeField(null=True, blank=True)
     progress = models.FloatField(
         null=True, blank=True, help_text="Percent, reported by the handler."
@@ -133,6 +143,11 @@ class Task(models.Model):
                 fields=["dedup_key"],
                 condition=Q(status__in=["queued", "leased", "retrying"]),
                 name="taskqueue_task_one_active_per_dedup_key",
+            ),
+            models.UniqueConstraint(
+                fields=["task_type"],
+                condition=Q(status="leased", exclusive=True),
+                name="taskqueue_task_one_leased_per_exclusive_type",
             ),
         ]
 
@@ -176,8 +191,9 @@ class Task(models.Model):
         return self.attempts
 
     def complete(self, *, attempt: int, result: dict[str, Any]) -> bool:
-        """leased → completed with the handler's JSON result."""
-        return self._end_attempt(attempt, self.Status.COMPLETED, {"result": result})
+        """leased → completed with the handler's JSON result (a stop asked for lost the race)."""
+        values = {"result": result, **self.STOP_LOST}
+        return self._end_attempt(attempt, self.Status.COMPLETED, values)
 
     def fail(
         self,
@@ -188,7 +204,11 @@ class Task(models.Model):
         traceback: str = "",
         retry_at: datetime | None = None,
     ) -> bool:
-        """leased → retrying (when `retry_at` is given) or failed."""
+        """leased → retrying (when `retry_at` is given) or failed.
+
+        A retry of a task whose stop was asked for does not happen: the task ends cancelled
+        (the cancel takes effect at the attempt's end; the attempt keeps its real error).
+        """
         status = self.Status.RETRYING if retry_at else self.Status.FAILED
         values = {
             "error_code": error_code,
@@ -196,7 +216,25 @@ class Task(models.Model):
             "error_traceback": traceback[-TRACEBACK_LIMIT:],
             "next_attempt_at": retry_at,
         }
-        return self._end_attempt(attempt, status, values)
+        if status == self.Status.FAILED:
+            values |= self.STOP_LOST
+        if not self._end_attempt(attempt, status, values):
+            return False
+        if status == self.Status.RETRYING:
+            self._cancel_if_stop_requested()
+        return True
+
+    # What an attempt that ended by itself clears: a stop asked for lost the race to it.
+    STOP_LOST = {"stop_requested_at": None, "cancelled_by": None}
+
+    def _cancel_if_stop_requested(self) -> bool:
+        """retrying → cancelled if a stop was asked for while the failed attempt ran."""
+        values = {
+            "status": self.Status.CANCELLED,
+            "finished_at": timezone.now(),
+            "next_attempt_at": None,
+        }
+        return self._transition((self.Status.RETRYING,), values, stop_requested_at__isnull=False)
 
     def stopped(self, *, attempt: int) -> bool:
         """leased → cancelled: the worker confirmed it stopped the attempt."""
@@ -228,6 +266,14 @@ class Task(models.Model):
             "cancelled_by": by,
         }
         return self._transition(self.WAITING_STATUSES, values)
+
+    def heartbeat(self, *, attempt: int) -> bool | None:
+        """The owner of running attempt `attempt` says it is alive.
+
+        Returns None if that attempt has ended (it is no longer the caller's), else whether a
+        stop of it was asked for.
+        """
+        return statements.heartbeat(self.pk, attempt, timezone.now())
 
     def request_stop(self, *, by: Any = None) -> bool:
         """Record that a stop of the running attempt was asked for (it stays leased)."""

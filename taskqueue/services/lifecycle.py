@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import time
 from contextlib import nullcontext
 from functools import partial
 from typing import Any
@@ -64,6 +65,7 @@ def enqueue_task(
         "priority": priority,
         "queue": queue_for_priority(priority),
         "dedup_key": dedup_key,
+        "exclusive": policy.exclusive,
         "requested_by": requested_by,
         "source": source[:100],
         "retry_of": retry_of,
@@ -130,34 +132,57 @@ def _get(task: Task | int) -> Task:
         raise TaskNotFound(f"Task {task} does not exist.") from None
 
 
-def cancel_task(task: Task | int, *, by: Any = None) -> str:
-    """Cancel a waiting task at once, or ask the worker to stop a running one.
+def cancel_task(task: Task | int, *, by: Any = None, wait: float | None = None) -> str:
+    """Cancel a waiting task, or stop a running one; says what really happened.
 
-    Returns CANCELLED (the task is now cancelled) or STOPPING (a stop was sent; the task
-    stays leased until the worker confirms). Asking again while stopping is harmless.
-    Raises InvalidTransition for a terminal task.
+    Returns CANCELLED when the task is now cancelled (it was waiting, or its worker stopped
+    it within `wait` seconds: STOP_WAIT_SECONDS by default), or STOPPING when the stop is
+    recorded on the task and sent, and its worker has not confirmed it yet (it will: the
+    worker honours it at once, or at its next heartbeat, or the reconciler ends the
+    attempt). Raises InvalidTransition if the task is or becomes terminal first: an attempt
+    that completes or fails before the stop takes effect wins, and the task says so.
+    Inside a transaction it does not wait (the stop is sent when the transaction commits).
     """
     task = _get(task)
-    for _ in range(3):  # the task may move between our read and our UPDATE
+    wait = conf.STOP_WAIT_SECONDS if wait is None else wait
+    deadline = time.monotonic() + (0 if transaction.get_connection().in_atomic_block else wait)
+    asked = False
+    while True:
         if task.status in Task.WAITING_STATUSES and task.cancel(by=by):
             transaction.on_commit(partial(_quietly, backend.delete_job, task.job_id))
             return CANCELLED
         if task.status == Task.Status.LEASED:
-            task.request_stop(by=by)
-            worker = (
-                TaskAttempt.objects.filter(task=task, number=task.attempts)
-                .values_list("worker_name", flat=True)
-                .first()
+            if not asked:
+                _ask_to_stop(task, by=by)
+                asked = True
+            if time.monotonic() >= deadline:
+                return STOPPING
+            time.sleep(STOP_POLL_SECONDS)
+        elif task.is_terminal:
+            if asked and task.status == Task.Status.CANCELLED:
+                return CANCELLED
+            raise InvalidTransition(
+                f"Task {task.pk} is {task.status}; only queued, retrying or running tasks"
+                " can be cancelled."
             )
-            stop = partial(backend.stop_job, worker_name=worker)
-            transaction.on_commit(partial(_quietly, stop, task.job_id))
-            return STOPPING
-        if task.is_terminal:
-            break
         task.refresh_from_db()
-    raise InvalidTransition(
-        f"Task {task.pk} is {task.status}; only queued, retrying or running tasks can be cancelled."
+
+
+# How often a cancel waiting for its stop looks at the task.
+STOP_POLL_SECONDS = 0.05
+
+
+def _ask_to_stop(task: Task, *, by: Any) -> None:
+    """Record the stop on the leased task and send it to the worker that leased the attempt."""
+    task.request_stop(by=by)  # False if already asked: send it again all the same
+    worker = (
+        TaskAttempt.objects.filter(task=task, number=task.attempts)
+        .values_list("worker_name", flat=True)
+        .first()
     )
+    if worker:
+        stop = partial(backend.stop_job, worker_name=worker)
+        transaction.on_commit(partial(_quietly, stop, task.job_id))
 
 
 def _quietly(action: Any, job_id: str) -> None:

@@ -9,14 +9,14 @@ import contextlib
 import logging
 import uuid
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.utils import timezone
 
 from taskqueue import backend
 from taskqueue.conf import conf
 from taskqueue.exceptions import QueueUnavailable
-from taskqueue.models import Task
+from taskqueue.models import Task, TaskAttempt
 
 logger = logging.getLogger(__name__)
 
@@ -62,41 +62,76 @@ def _reconcile(limit: int) -> Counter:
     leased = list(Task.objects.leased().order_by("leased_at")[:limit])
     states = backend.job_states([task.job_id for task in waiting + leased])
     for task in waiting:
-        if states[task.job_id].status not in PENDING:
+        state = states[task.job_id]
+        if state.status not in PENDING:
             _redispatch(task, counts, "dispatched")
+        elif state.status == "scheduled" and _overdue(state, now):
+            # RQ's scheduler is not running (its worker died, or none was started with
+            # --with-scheduler): dispatch under a new generation; the old job never runs.
+            stale = task.job_id
+            _redispatch(task, counts, "overdue_dispatched")
+            with contextlib.suppress(QueueUnavailable):
+                backend.delete_job(stale)
     for task in leased:
-        _reconcile_leased(task, states[task.job_id].status, counts)
+        _reconcile_leased(task, states[task.job_id], counts)
     return counts
 
 
-def _reconcile_leased(task: Task, status: str | None, counts: Counter) -> None:
+def _overdue(state: backend.JobState, now: datetime) -> bool:
+    return state.due_at is None or now - state.due_at > timedelta(seconds=conf.SCHEDULE_GRACE)
+
+
+def _reconcile_leased(task: Task, state: backend.JobState, counts: Counter) -> None:
+    """Judge a leased task's attempt only once its owner is provably gone."""
     now = timezone.now()
-    expired = task.leased_at and now > task.leased_at + timedelta(
-        seconds=task.timeout + conf.LEASE_EXPIRY_MARGIN
-    )
-    young = task.leased_at and now - task.leased_at < timedelta(seconds=conf.RECONCILE_GRACE)
-    if status == "queued" and young:
-        return  # leased by its worker an instant before the work horse marks the job started
-    if status == "started" and not expired:
+    if _owner_alive(task, state, now):
         if task.stop_requested_at and now - task.stop_requested_at > timedelta(
             seconds=conf.RECONCILE_GRACE
         ):
-            backend.stop_job(task.job_id)
-            counts["stop_resent"] += 1
+            worker = _attempt_worker(task)
+            if worker and backend.stop_job(task.job_id, worker):
+                counts["stop_resent"] += 1
         return
-    if status == "finished":
+    if state.status == "finished":
         result = backend.job_result(task.job_id)
         if isinstance(result, dict) and backend.SKIPPED not in result:
             if task.complete(attempt=task.attempts, result=result):
                 counts["outcome_copied"] += 1
             return
-        if not expired:
-            return  # a stale duplicate finished; the attempt's own horse may still run
-    _end_lost_attempt(task, status, counts)
+    _end_lost_attempt(task, state.status, counts)
+
+
+def _owner_alive(task: Task, state: backend.JobState, now: datetime) -> bool:
+    """Whether the worker that leased the attempt may still record its end.
+
+    Our worker writes `heartbeat_at` every JOB_MONITORING_INTERVAL: it is alive while that
+    is fresher than the interval plus HEARTBEAT_MARGIN, whatever Redis says (Redis may have
+    lost the job and the worker's keys). A worker of another class does not heartbeat the
+    row: RQ's view decides, and a job that ended lately leaves its worker time to record.
+    Either way an attempt this far past its timeout is over.
+    """
+    leased_at = task.leased_at or now
+    if now > leased_at + timedelta(seconds=task.timeout + conf.LEASE_EXPIRY_MARGIN):
+        return False
+    if task.heartbeat_at is not None:
+        silence = now - task.heartbeat_at
+        return silence < timedelta(seconds=conf.JOB_MONITORING_INTERVAL + conf.HEARTBEAT_MARGIN)
+    grace = timedelta(seconds=conf.RECONCILE_GRACE)
+    if state.status in ("queued", "started"):
+        return state.status == "started" or now - leased_at < grace
+    return state.ended_at is not None and now - state.ended_at < grace
+
+
+def _attempt_worker(task: Task) -> str | None:
+    return (
+        TaskAttempt.objects.filter(task=task, number=task.attempts)
+        .values_list("worker_name", flat=True)
+        .first()
+    )
 
 
 def _end_lost_attempt(task: Task, status: str | None, counts: Counter) -> None:
-    """The attempt's horse is gone and nobody recorded its end: record it now."""
+    """The attempt's owner is gone and nobody recorded its end: record it now."""
     if task.stop_requested_at:
         if task.stopped(attempt=task.attempts):
             counts["stopped"] += 1
@@ -104,21 +139,23 @@ def _end_lost_attempt(task: Task, status: str | None, counts: Counter) -> None:
     code = "redis_lost" if status is None else "worker_lost"
     retry = task.attempts < task.max_attempts
     message = (
-        "Redis lost the job of this attempt."
+        "Redis lost the job of this attempt, and its worker stopped heartbeating."
         if status is None
         else f"The worker running this attempt was lost (RQ status: {status})."
     )
-    now = timezone.now()
     if not task.fail(
         attempt=task.attempts,
         error_code=code,
         error_message=message,
-        retry_at=now if retry else None,
+        retry_at=timezone.now() if retry else None,
     ):
         return
     counts[code] += 1
-    if retry and status not in ("queued", "scheduled"):  # else RQ already re-queued the job
-        _redispatch(task, counts, "redispatched")
+    if retry and task.status == Task.Status.RETRYING:
+        stale = task.job_id
+        _redispatch(task, counts, "redispatched")  # a new generation: the old job never runs
+        with contextlib.suppress(QueueUnavailable):
+            backend.delete_job(stale)
 
 
 def _redispatch(task: Task, counts: Counter, action: str) -> None:

@@ -39,7 +39,15 @@ from tests.proxy import CuttableProxy
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 FAST = {"TASKQUEUE_JOB_MONITORING_INTERVAL": "1", "TASKQUEUE_HEARTBEAT_MARGIN": "2"}
-NO_GRACE = override_settings(TASKQUEUE={**settings.TASKQUEUE, "RECONCILE_GRACE": 0})
+# The reconciler judges heartbeats with the same settings as the workers it watches.
+NO_GRACE = override_settings(
+    TASKQUEUE={
+        **settings.TASKQUEUE,
+        "RECONCILE_GRACE": 0,
+        "JOB_MONITORING_INTERVAL": 1,
+        "HEARTBEAT_MARGIN": 2,
+    }
+)
 
 
 def status_of(task: Task) -> str:

@@ -10,9 +10,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from taskqueue import backend
 from taskqueue.models import Task
-from taskqueue.services import STOPPING, cancel_task, enqueue_task
+from taskqueue.services import CANCELLED, STOPPING, cancel_task, enqueue_task, reconcile_tasks
+from tests.e2e.test_fault_drills import marker, witness  # noqa: F401 (a fixture)
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -26,9 +26,10 @@ def test_stopping_a_running_task_ends_it_cancelled_stopped(worker_process) -> No
     task, _ = enqueue_task("diagnostic", {"action": "sleep", "seconds": 60}, max_attempts=3)
     worker_process()
     wait_for(lambda: status_of(task) == "leased")
-    assert cancel_task(task, by=None) == STOPPING
-    assert cancel_task(task) == STOPPING  # asking again while it stops is harmless
-    wait_for(lambda: status_of(task) == "cancelled", timeout=20)
+    started = time.monotonic()
+    assert cancel_task(task, by=None, wait=0) == STOPPING  # asked, not waited for
+    assert cancel_task(task) == CANCELLED  # asking again is harmless; this one waits
+    assert time.monotonic() - started < 1.5  # the worker kills the horse at once
     task.refresh_from_db()
     assert task.error_code == "stopped"
     assert task.attempts == 1  # a stopped task is not retried
@@ -101,12 +102,22 @@ def test_a_failure_retried_at_once_is_run_again_by_another_worker(worker_process
     assert [a.outcome for a in task.attempt_set.all()] == ["failed"] * 3
 
 
-def test_a_horse_whose_worker_is_killed_records_its_own_outcome(worker_process) -> None:
-    task, _ = enqueue_task("diagnostic", {"action": "sleep", "seconds": 2})
-    worker = worker_process()
-    # Started in RQ: the horse runs (the worker leases before it forks: `leased` is earlier).
-    wait_for(lambda: backend.job_states([task.job_id])[task.job_id].status == "started")
-    os.kill(worker.pid, signal.SIGKILL)  # the worker only: its horse has a group of its own
-    wait_for(lambda: status_of(task) == "completed", timeout=20)
+def test_a_horse_dies_with_its_sigkilled_worker_and_the_reconciler_ends_the_attempt(
+    worker_process, marker
+) -> None:
+    import psutil
+
+    payload = {"action": "sleep", "seconds": 30, "marker": marker}
+    task, _ = enqueue_task("diagnostic", payload, max_attempts=1)
+    worker = worker_process(TASKQUEUE_JOB_MONITORING_INTERVAL="1", TASKQUEUE_HEARTBEAT_MARGIN="2")
+    line = wait_for(lambda: witness(marker)[:3], timeout=20)
+    horse = psutil.Process(int(line[2]))
+    os.kill(worker.pid, signal.SIGKILL)  # the worker only: PR_SET_PDEATHSIG takes its horse
+    horse.wait(timeout=5)
+    fast = {**settings.TASKQUEUE, "JOB_MONITORING_INTERVAL": 1, "HEARTBEAT_MARGIN": 2}
+    with override_settings(TASKQUEUE={**fast, "RECONCILE_GRACE": 0}):
+        assert reconcile_tasks() == {}  # its heartbeat is fresh: the worker may still record
+        time.sleep(3.5)
+        reconcile_tasks()
     task.refresh_from_db()
-    assert task.attempt_set.get().outcome == "completed"
+    assert (task.status, task.error_code) == ("failed", "worker_lost")

@@ -1,7 +1,10 @@
 """The reconciler against a real Redis and a real (burst) worker."""
 
+from datetime import timedelta
+
 import pytest
 from django.test import override_settings
+from django.utils import timezone
 from rq.job import Job
 
 from taskqueue import backend
@@ -70,6 +73,9 @@ def test_an_outcome_rq_knows_but_the_mirror_missed_is_copied(run_worker) -> None
     run_worker()
     # As if the database write after the handler had failed: the mirror still says leased.
     Task.objects.filter(pk=task.pk).update(status="leased", result=None, finished_at=None)
+    assert reconcile_tasks() == {}  # its worker's heartbeat is fresh: it may still record
+    silent = timezone.now() - timedelta(seconds=30 + 60 + 1)
+    Task.objects.filter(pk=task.pk).update(heartbeat_at=silent)
     assert reconcile_tasks() == {"outcome_copied": 1}
     task.refresh_from_db()
     assert task.status == "completed"
@@ -110,18 +116,25 @@ def started_job(task: Task) -> Job:
     return job
 
 
-def test_an_unhonoured_stop_is_sent_again(redis_db) -> None:
-    from datetime import timedelta
-
-    from django.utils import timezone
+def test_an_unhonoured_stop_is_sent_again_to_the_worker_that_leased_it(redis_db) -> None:
+    import json
 
     task = Task.objects.create(task_type="ping")
-    lease(task)
+    lease(task)  # by the worker named "gone"
     started_job(task)
     task.request_stop()
     assert reconcile_tasks() == {}  # the stop was just sent
     Task.objects.filter(pk=task.pk).update(stop_requested_at=timezone.now() - timedelta(minutes=5))
-    assert reconcile_tasks() == {"stop_resent": 1}
+    assert reconcile_tasks() == {}  # nobody listens on that worker's channel: not counted
+    channel = redis_db.pubsub(ignore_subscribe_messages=True)
+    channel.subscribe("rq:pubsub:gone")
+    try:
+        channel.get_message(timeout=1)  # the subscription's confirmation
+        assert reconcile_tasks() == {"stop_resent": 1}
+        message = channel.get_message(timeout=5)
+    finally:
+        channel.close()
+    assert json.loads(message["data"]) == {"command": "stop-job", "job_id": task.job_id}
 
 
 @NO_GRACE

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.test import override_settings
 from rq.job import Job
 
 from taskqueue import backend
@@ -218,136 +219,78 @@ def test_the_worker_warm_up_leaves_nothing_behind(redis_db) -> None:
     assert TaskAttempt.objects.count() == 0
 
 
-@pytest.fixture
-def horse_view():
-    """The worker's side and the horse's side of one job, in this process (no fork)."""
-    from taskqueue import execution, worker
-
-    def lease_then_run(task: Task) -> dict:
-        job = Job.fetch(task.job_id, connection=backend.get_connection())
-        lease = worker.lease_before_fork(job, "the-worker")
-        reader = None
-        if lease is not None and lease.task is not None:
-            reader = worker.open_report_pipe(lease)
-            lease.report_reader = None  # one process here: the "horse" must not close it
-        if lease is not None:
-            execution.handoff[job.id] = lease
-        leased = Task.objects.get(pk=task.pk)
-        result = failure = None
-        try:
-            context = backend.JobContext(job)
-            result = execution.run_attempt(task.pk, task.dispatch, context, context.task_type)
-        except Exception as exc:  # re-raised once the worker's side has run, as RQ would
-            failure = exc
-        finally:
-            execution.handoff.clear()
-            if reader is not None:
-                os.close(lease.report_fd)
-        after_run = Task.objects.get(pk=task.pk)
-        worker.record_after_horse(job, None, lease, reader, os.EX_OK)
-        if failure is not None:
-            raise failure
-        return {"leased": leased, "after_run": after_run, "result": result, "lease": lease}
-
-    return lease_then_run
+def _results(tasks: list[Task]) -> list[dict]:
+    return [Task.objects.get(pk=t.pk).result for t in tasks]
 
 
-def test_the_worker_leases_before_forking_and_the_horse_runs_that_lease(horse_view, marker) -> None:
-    task, _ = enqueue_task("diagnostic", {"action": "succeed", "marker": marker})
-    seen = horse_view(task)
-    assert seen["lease"] is not None
-    assert (seen["leased"].status, seen["leased"].attempts) == ("leased", 1)
-    assert seen["after_run"].status == "leased"  # the horse only reported its outcome
-    task.refresh_from_db()
-    assert (task.status, task.attempts) == ("completed", 1)
-    assert [(a.number, a.worker_name) for a in task.attempt_set.all()] == [(1, "the-worker")]
-    assert [line.split()[0] for line in witness(marker)] == ["start", "end"]
+def test_one_work_horse_runs_task_after_task(run_worker) -> None:
+    tasks = [enqueue_task("diagnostic", {"action": "succeed"})[0] for _ in range(3)]
+    run_worker()
+    pids = {result["pid"] for result in _results(tasks)}
+    assert len(pids) == 1 and pids != {os.getpid()}
 
 
-def test_a_lease_the_worker_could_not_take_is_never_run(horse_view, marker) -> None:
-    task, _ = enqueue_task("diagnostic", {"action": "succeed", "marker": marker})
-    Task.objects.get(pk=task.pk).cancel()  # cancelled after RQ handed the job to a worker
-    seen = horse_view(task)
-    assert seen["lease"].task is None
-    assert seen["result"] == {backend.SKIPPED: "cancelled"}
-    assert witness(marker) == []
-    assert Task.objects.get(pk=task.pk).attempt_set.count() == 0
+def test_the_horse_is_replaced_after_its_quota_of_tasks(run_worker) -> None:
+    tasks = [enqueue_task("diagnostic", {"action": "succeed"})[0] for _ in range(3)]
+    with override_settings(TASKQUEUE={**settings.TASKQUEUE, "HORSE_MAX_TASKS": 2}):
+        run_worker()
+    first, second, third = (result["pid"] for result in _results(tasks))
+    assert first == second != third
 
 
-def test_exclusive_types_are_leased_by_the_horse_after_their_lock(horse_view, marker) -> None:
-    task, _ = enqueue_task("diagnostic_exclusive", {"action": "succeed", "marker": marker})
-    seen = horse_view(task)
-    assert seen["lease"] is None
-    assert seen["leased"].status == "queued"  # nothing leased before the lock
-    task.refresh_from_db()
-    assert (task.status, task.attempts) == ("completed", 1)
-
-
-def test_a_failure_the_horse_reports_is_recorded_by_the_worker(horse_view, marker) -> None:
-    task, _ = enqueue_task("diagnostic", {"action": "fail", "marker": marker})
-    with pytest.raises(RuntimeError, match="diagnostic failure on request"):
-        horse_view(task)
-    task.refresh_from_db()
-    assert (task.status, task.error_code) == ("retrying", "exception")
-    assert task.next_attempt_at is not None
-    assert "failure on request" in task.error_message and "Traceback" in task.error_traceback
-    attempt = task.attempt_set.get()
-    assert (attempt.outcome, attempt.error_code) == ("failed", "exception")
-
-
-def test_a_result_too_large_for_the_pipe_is_recorded_by_the_horse(horse_view) -> None:
+def test_a_result_larger_than_a_pipe_holds_is_recorded(run_worker) -> None:
     from taskqueue.registry import register, unregister
 
-    register("large_result")(lambda: {"text": "x" * 100_000})
+    register("large_result")(lambda: {"text": "x" * 1_000_000})
     try:
         task, _ = enqueue_task("large_result")
-        seen = horse_view(task)
+        run_worker()
     finally:
         unregister("large_result")
-    assert seen["after_run"].status == "completed"  # written by the horse, not the worker
     task.refresh_from_db()
-    assert (task.status, len(task.result["text"])) == ("completed", 100_000)
+    assert (task.status, len(task.result["text"])) == ("completed", 1_000_000)
 
 
-def test_the_report_is_read_even_if_a_process_the_handler_forked_holds_the_pipe() -> None:
-    from taskqueue import worker
-
-    reader, writer = os.pipe()
-    grandchild_copy = os.dup(writer)  # as a process forked by the handler would hold it
-    try:
-        os.write(writer, b'{"status": "completed"}')
-        os.close(writer)
-        assert worker._read_report(reader) == {"status": "completed"}  # no wait for EOF
-        empty_reader, empty_writer = os.pipe()
-        assert worker._read_report(empty_reader) is None  # a horse that died silently
-        os.close(empty_writer)
-    finally:
-        os.close(grandchild_copy)
+def test_a_failure_is_recorded_with_its_traceback_and_rq_retries_it(run_worker, marker) -> None:
+    task, _ = enqueue_task("diagnostic", {"action": "fail", "marker": marker}, max_attempts=2)
+    run_worker()
+    task.refresh_from_db()
+    assert (task.status, task.error_code, task.attempts) == ("failed", "exception", 2)
+    assert "failure on request" in task.error_message and "Traceback" in task.error_traceback
+    assert [(a.outcome, a.error_code) for a in task.attempt_set.all()] == [
+        ("failed", "exception"),
+        ("failed", "exception"),
+    ]
+    assert [line.split()[0] for line in witness(marker)] == ["start", "start"]
 
 
-def test_a_stop_sent_between_the_lease_and_the_horse_start_kills_the_horse(redis_db) -> None:
-    """The worker leases before it forks: a stop sent then reaches it before RQ knows the
-    job is running, and must still end the horse (RQ alone would ignore it)."""
+def test_a_second_exclusive_task_is_deferred_while_one_is_leased(run_worker) -> None:
+    running, _ = enqueue_task("diagnostic_exclusive", {"action": "succeed"})
+    Task.objects.lease(running.pk, dispatch=0, worker_name="elsewhere")
+    other, _ = enqueue_task("diagnostic_exclusive", {"action": "sleep", "seconds": 0})
+    run_worker()
+    other.refresh_from_db()
+    assert (other.status, other.attempts, other.dispatch) == ("queued", 0, 1)  # re-dispatched
+
+
+def test_a_stop_for_the_running_attempt_marks_it_and_others_are_ignored(redis_db) -> None:
+    """Stops arrive in RQ's pub/sub thread: they only mark the attempt and wake the worker."""
     import json
-    import subprocess
 
-    from taskqueue import execution
-    from taskqueue.worker import Worker
+    from taskqueue.worker import Attempt, Worker
 
     task, _ = enqueue_task("ping")
-    leased = Task.objects.lease(task.pk, dispatch=0, worker_name="w")
+    job = Job.fetch(task.job_id, connection=redis_db)
     worker = Worker([backend.get_queue("default")], connection=redis_db)
-    worker._lease = execution.Lease(task=leased)
-    message = {"data": json.dumps({"command": "stop-job", "job_id": task.job_id}).encode()}
+    worker._running = attempt = Attempt(job=job, queue=backend.get_queue("default"))
 
-    worker.handle_payload(message)  # no horse yet: remembered
-    assert worker._stop_pending and worker._stopped_job_id == task.job_id
-    horse = subprocess.Popen(["sleep", "30"])  # stands for the horse just forked
-    worker._horse_pid = horse.pid
-    worker._honour_pending_stop()
-    assert horse.wait(timeout=5) == -9
+    def stop(job_id: str) -> None:
+        worker.handle_payload(
+            {"data": json.dumps({"command": "stop-job", "job_id": job_id}).encode()}
+        )
 
-    horse = subprocess.Popen(["sleep", "30"])  # a horse alive when the stop arrives
-    worker._horse_pid, worker._stop_pending = horse.pid, False
-    worker.handle_payload(message)
-    assert horse.wait(timeout=5) == -9
+    stop("task-999")
+    assert not attempt.stop
+    stop(task.job_id)
+    assert attempt.stop
+    assert os.read(worker._wake_r, 10) == b"!"

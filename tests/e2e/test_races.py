@@ -1,0 +1,949 @@
+"""Race reproductions with real processes: the Task row must be the truth.
+
+Each test asserts what a correct system does (a task runs at most once per attempt, its
+recorded outcome is what really happened, nothing stays stuck), so it fails where the
+race exists. Loops aim their timing at the moment the race is decided (an adaptive
+offset around a handler's end) and count how often the racy case really happened, so
+that a pass is never vacuous.
+
+Workers heartbeat every second here (FAST), as in test_fault_drills.
+"""
+
+import contextlib
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from django.conf import settings
+from django.test import override_settings
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
+
+from scripts.embedded_redis import redis_server_binary
+from taskqueue import backend
+from taskqueue.exceptions import InvalidTransition
+from taskqueue.models import Task
+from taskqueue.services import STOPPING, cancel_task, enqueue_task, reconcile_tasks
+from tests.helpers import ROOT, free_port, http_status, stop_process_group, subprocess_env, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+FAST = {"TASKQUEUE_JOB_MONITORING_INTERVAL": "1", "TASKQUEUE_HEARTBEAT_MARGIN": "2"}
+# The reconciler judges heartbeats with the same settings as the workers (FAST) it watches.
+NO_GRACE = override_settings(
+    TASKQUEUE={
+        **settings.TASKQUEUE,
+        "RECONCILE_GRACE": 0,
+        "JOB_MONITORING_INTERVAL": 1,
+        "HEARTBEAT_MARGIN": 2,
+    }
+)
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def row(task: Task | int) -> Task:
+    return Task.objects.get(pk=task if isinstance(task, int) else task.pk)
+
+
+def events(marker: str, var_dir: Path | None = None) -> list[tuple[str, float, int]]:
+    """The witness lines of a diagnostic task: (event, unix time, pid), in order."""
+    path = Path(var_dir or settings.VAR_DIR) / "diagnostics" / marker
+    if not path.exists():
+        return []
+    lines = [line.split() for line in path.read_text().splitlines()]
+    return [(e, float(t), int(p)) for e, t, p in (line for line in lines if len(line) == 3)]
+
+
+def starts(marker: str, var_dir: Path | None = None) -> list[tuple[str, float, int]]:
+    return [line for line in events(marker, var_dir) if line[0] == "start"]
+
+
+def poll(predicate: Callable[[], object], timeout: float, interval: float = 0.001) -> object:
+    """Like wait_for, but fast, and returns None instead of failing on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def wait_terminal(task: Task, timeout: float = 15) -> Task | None:
+    found = poll(lambda: (t := row(task)).status in TERMINAL and t, timeout, interval=0.005)
+    return found or None
+
+
+def rq_view(task: Task) -> dict:
+    """RQ's view of the task's current job: status and registry membership."""
+    connection = backend.get_connection()
+    try:
+        job = Job.fetch(task.job_id, connection=connection)
+        status = job.get_status(refresh=False)
+        status = status.value if status else None
+    except NoSuchJobError:
+        status = None
+    finished = FinishedJobRegistry(task.queue, connection=connection)
+    failed = FailedJobRegistry(task.queue, connection=connection)
+    return {
+        "status": status,
+        "finished_registry": task.job_id in finished.get_job_ids(),
+        "failed_registry": task.job_id in failed.get_job_ids(),
+    }
+
+
+def rq_settled(task: Task, timeout: float = 3) -> dict:
+    """RQ's view once the job is no longer queued or started (or after `timeout`)."""
+    view = {}
+
+    def settled() -> bool:
+        view.update(rq_view(task))
+        return view["status"] not in ("queued", "started", "scheduled")
+
+    poll(settled, timeout, interval=0.01)
+    return view
+
+
+def workers_registered(count: int) -> None:
+    from rq.worker import Worker
+
+    wait_for(lambda: len(Worker.all(connection=backend.get_connection())) >= count, timeout=30)
+
+
+def new_marker(tag: str) -> str:
+    return f"race-{tag}-{os.getpid()}-{time.monotonic_ns()}"
+
+
+@pytest.fixture
+def markers() -> Iterator[list[str]]:
+    """Markers this test used; their witness files are removed afterwards."""
+    used: list[str] = []
+    yield used
+    for name in used:
+        (Path(settings.VAR_DIR) / "diagnostics" / name).unlink(missing_ok=True)
+
+
+def reconcile_once(grace: int = 0) -> dict:
+    with override_settings(TASKQUEUE={**settings.TASKQUEUE, "RECONCILE_GRACE": grace}):
+        return reconcile_tasks()
+
+
+class Aim:
+    """An adaptive offset (seconds after a handler's planned end) at which to act.
+
+    Each iteration reports whether acting came too early (the stop won) or too late (the
+    completion won); the offset walks towards the moment the race is decided, with a
+    little jitter, so that most iterations land in the racy window.
+    """
+
+    def __init__(self, start: float = 0.0, step: float = 0.002, jitter: float = 0.002):
+        self.offset, self.step, self.jitter = start, step, jitter
+
+    def next(self) -> float:
+        return self.offset + random.uniform(-self.jitter, self.jitter)
+
+    def early(self) -> None:
+        self.offset += self.step
+
+    def late(self) -> None:
+        self.offset -= self.step
+
+
+def sleep_until(moment: float) -> None:
+    delay = moment - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+@pytest.fixture
+def private_redis() -> Iterator:
+    """A Redis of this test's own, without persistence, that the test may kill."""
+    directory = Path(tempfile.mkdtemp(prefix="tq-redis-"))
+    sock = directory / "redis.sock"
+    command = [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
+               "--appendonly", "no", "--dir", str(directory)]  # fmt: skip
+
+    class Server:
+        url = f"unix://{sock}"
+        process: subprocess.Popen | None = None
+
+        def start(self) -> None:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+            wait_for(sock.exists, timeout=10)
+
+        def kill(self) -> None:
+            self.process.kill()
+            self.process.wait()
+            sock.unlink(missing_ok=True)
+
+    server = Server()
+    yield server
+    if server.process and server.process.poll() is None:
+        server.kill()
+
+
+# --- race 1: a stop racing the completion -----------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_race1_stop_racing_completion_leaves_exactly_one_truth(worker_process, admin_user, markers):
+    """Cancel a running task at the moment it completes: the row and RQ tell one story.
+
+    Either the stop won (cancelled, `stopped`, no result, attempt `stopped`, RQ has no
+    finished job) or the completion won (completed, `cancelled_by` unset, RQ finished it
+    and has no failed job).
+    """
+    worker_process()
+    workers_registered(1)
+    seconds = 0.05
+    aim = Aim()
+    counts: Counter = Counter()
+    kinds: Counter = Counter()
+    violations: list[str] = []
+    deadline = time.monotonic() + 80
+    iterations = 0
+    while iterations < 60 and time.monotonic() < deadline:
+        iterations += 1
+        marker = new_marker("r1")
+        markers.append(marker)
+        payload = {"action": "sleep", "seconds": seconds, "marker": marker}
+        task, _ = enqueue_task("diagnostic", payload, max_attempts=1)
+        started = poll(lambda m=marker: starts(m), timeout=10)
+        assert started, f"iteration {iterations}: the handler of task {task.pk} never started"
+        sleep_until(started[0][1] + seconds + aim.next())
+        try:
+            answer = cancel_task(task.pk, by=admin_user)
+        except InvalidTransition:
+            answer = "terminal"
+        final = wait_terminal(task)
+        assert final is not None, f"task {task.pk} still {row(task).status} after 15 s"
+        view = rq_settled(final)
+        attempt = final.attempt_set.get()
+        ended = any(e == "end" for e, _, _ in events(marker))
+        if answer == STOPPING and ended:
+            counts["racy (stopping answered, handler reached its end)"] += 1
+        stop_won = (
+            final.status == "cancelled"
+            and final.error_code == "stopped"
+            and final.result is None
+            and attempt.outcome == "stopped"
+            and not view["finished_registry"]
+            and view["status"] != "finished"
+        )
+        completion_won = (
+            final.status == "completed"
+            and final.cancelled_by_id is None
+            and attempt.outcome == "completed"
+            and view["status"] == "finished"
+            and not view["failed_registry"]
+        )
+        if stop_won:
+            counts["stop won"] += 1
+            aim.early()
+        elif completion_won:
+            counts["completion won"] += 1
+            aim.late()
+        else:
+            counts["two truths"] += 1
+            kinds[
+                f"{final.status}, cancelled_by {'set' if final.cancelled_by_id else 'unset'}, "
+                f"RQ {view['status']}{' in FailedJobRegistry' if view['failed_registry'] else ''}"
+            ] += 1
+            violations.append(
+                f"task {final.pk} (cancel answered {answer!r}, handler ended: {ended}): "
+                f"status={final.status} error_code={final.error_code!r} "
+                f"cancelled_by={final.cancelled_by_id} result={'set' if final.result else None} "
+                f"attempt={attempt.outcome}; RQ: {view}"
+            )
+            aim.late() if final.status == "completed" else aim.early()
+    summary = f"{iterations} iterations: {dict(counts)}"
+    print(summary)
+    assert not violations, (
+        f"{len(violations)} of {iterations} stop/completion races left two truths "
+        f"({summary}; kinds: {dict(kinds)}); first: {violations[0]}"
+    )
+    assert counts["stop won"] >= 3 and counts["completion won"] >= 3, f"not raced: {summary}"
+    assert counts["racy (stopping answered, handler reached its end)"] >= 5, (
+        f"the racy case was too rare: {summary}"
+    )
+
+
+# --- race 3: the reconciler between a horse's final failure and its worker ---------------------
+
+
+def horse_exited(pid: int) -> bool:
+    """The horse is gone or a zombie (its stopped parent has not reaped it)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.timeout(120)
+def test_race3_reconciler_while_the_worker_records_keeps_the_real_final_failure(
+    worker_process, markers
+):
+    """A horse reports a non-retryable failure; before its worker records it a reconcile
+    pass runs (the worker's PARENT process is SIGSTOPped in between, at a random moment of
+    the handler). The handler's own error code must be recorded, the task `failed` after
+    its one attempt, never retried as `worker_lost`."""
+    worker = worker_process()
+    workers_registered(1)
+    counts: Counter = Counter()
+    violations: list[str] = []
+    deadline = time.monotonic() + 85
+    iterations = 0
+    while iterations < 50 and time.monotonic() < deadline:
+        iterations += 1
+        marker = new_marker("r3")
+        markers.append(marker)
+        seconds = random.uniform(0.05, 0.15)
+        payload = {"action": "fail_final", "seconds": seconds, "marker": marker}
+        max_attempts = 1 + iterations % 2  # 1: the code is lost; 2: also retried
+        task, _ = enqueue_task("diagnostic", payload, max_attempts=max_attempts)
+        started = poll(lambda m=marker: starts(m), timeout=10)
+        assert started, f"iteration {iterations}: the handler of task {task.pk} never started"
+        horse_pid = started[0][2]
+        time.sleep(random.uniform(0, seconds * 0.8))
+        os.kill(worker.pid, signal.SIGSTOP)  # the parent only: the horse has its own group
+        try:
+            exited = poll(lambda p=horse_pid: horse_exited(p), timeout=10)
+            assert exited, f"the horse of task {task.pk} did not exit"
+            poll(lambda t=task: rq_view(t)["status"] == "failed", timeout=3, interval=0.005)
+            before = row(task).status
+            if before == "leased":
+                counts["racy (leased, horse gone, worker stopped)"] += 1
+            actions = reconcile_once()
+            counts.update(f"reconciler: {k}" for k in actions)
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        final = wait_terminal(task)
+        assert final is not None, f"task {task.pk} still {row(task).status} after 15 s"
+        attempts = [(a.number, a.outcome, a.error_code) for a in final.attempt_set.all()]
+        runs = len(starts(marker))
+        ok = (
+            final.status == "failed"
+            and final.error_code == "diagnostic_final"
+            and final.attempts == 1
+            and attempts == [(1, "failed", "diagnostic_final")]
+            and runs == 1
+        )
+        counts["correct" if ok else "lost the real failure"] += 1
+        if not ok:
+            violations.append(
+                f"task {final.pk} (max_attempts={max_attempts}, row was {before} when the "
+                f"reconciler ran, it did "
+                f"{actions}): status={final.status} error_code={final.error_code!r} "
+                f"attempts={attempts} handler runs={runs}"
+            )
+    summary = f"{iterations} iterations: {dict(counts)}"
+    print(summary)
+    assert not violations, (
+        f"{len(violations)} of {iterations} final failures were not recorded as they "
+        f"happened ({summary}); first: {violations[0]}"
+    )
+    assert counts["racy (leased, horse gone, worker stopped)"] >= 10, f"not raced: {summary}"
+
+
+# --- race 4: a cancel lost to a retried failure -------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_race4_a_cancel_answered_is_never_lost_to_a_retry(worker_process, markers):
+    """Cancel a task whose first attempt fails (retryable, no backoff) at random moments
+    around that failure. Once cancel_task has answered (not InvalidTransition), no attempt
+    may start, and the task ends `cancelled` (or, had its last attempt been running, with
+    that attempt's own outcome). A stop must never end a later attempt as `stopped`.
+    The reconciler runs (1 s grace) while waiting, as rqcron would."""
+    worker_process()
+    worker_process()
+    workers_registered(2)
+    seconds = 0.03
+    aim = Aim(start=-0.005, step=0.003, jitter=0.004)
+    counts: Counter = Counter()
+    violations: dict[str, list[str]] = {}
+    deadline = time.monotonic() + 80
+    iterations = 0
+
+    def violation(kind: str, text: str) -> None:
+        violations.setdefault(kind, []).append(text)
+
+    while iterations < 60 and time.monotonic() < deadline:
+        iterations += 1
+        marker = new_marker("r4")
+        markers.append(marker)
+        payload = {"action": "sleep_fail", "seconds": seconds, "marker": marker}
+        task, _ = enqueue_task("diagnostic", payload, max_attempts=2)
+        started = poll(lambda m=marker: starts(m), timeout=10)
+        assert started, f"iteration {iterations}: the handler of task {task.pk} never started"
+        sleep_until(started[0][1] + seconds + aim.next())
+        called = time.time()
+        try:
+            answer = cancel_task(task.pk)
+        except InvalidTransition:
+            answer = "terminal"
+        returned = time.time()
+        counts[f"answered {answer}"] += 1
+        final = None
+        until = time.monotonic() + 8
+        while time.monotonic() < until:
+            final = wait_terminal(task, timeout=0.5)
+            if final is not None:
+                break
+            reconcile_once(grace=1)
+        attempts = list(row(task).attempt_set.all())
+        first = attempts[0].outcome if attempts else None
+        aim.early() if first == "stopped" else aim.late()
+        if answer == "terminal":
+            continue
+        current = final or row(task)
+        late = [t for e, t, _ in starts(marker) if t > returned]
+        history = [
+            (a.number, a.outcome, a.error_code, round(a.started_at.timestamp() - returned, 3))
+            for a in attempts
+        ]
+        story = (
+            f"task {task.pk}: cancel answered {answer!r} at +{returned - started[0][1]:.3f}s "
+            f"(took {returned - called:.3f}s); now {current.status} "
+            f"error_code={current.error_code!r}; attempts (number, outcome, code, start "
+            f"relative to the answer)={history}"
+            f"; handler starts after the answer: {len(late)}"
+        )
+        if final is None:
+            violation("stuck", story)
+        if late:
+            violation("attempt started after the cancel answered", story)
+        stale = [
+            a for a in attempts if a.outcome == "stopped" and a.started_at.timestamp() > returned
+        ]
+        if stale:
+            violation("a later attempt ended `stopped` by the earlier stop", story)
+        if final is not None and final.status != "cancelled":
+            last = attempts[-1]
+            ran_when_cancelled = last.started_at.timestamp() < called
+            if not (ran_when_cancelled and last.number == final.max_attempts and not late):
+                violation(f"answered {answer!r} but ended {final.status}", story)
+        if answer == STOPPING and attempts and attempts[0].outcome == "failed":
+            counts["racy (stopping answered, attempt 1 failed anyway)"] += 1
+    summary = f"{iterations} iterations: {dict(counts)}"
+    print(summary)
+    kinds = {kind: len(texts) for kind, texts in violations.items()}
+    assert not violations, f"cancels were lost: {kinds} ({summary}); first: " + "; ".join(
+        f"[{kind}] {texts[0]}" for kind, texts in violations.items()
+    )
+    assert counts["racy (stopping answered, attempt 1 failed anyway)"] >= 5, f"not raced: {summary}"
+
+
+@pytest.mark.timeout(90)
+def test_race4_a_stale_stop_does_not_turn_a_later_attempts_failure_into_stopped(
+    worker_process, markers
+):
+    """Deterministic: a stop requested during attempt 1 does not reach it (its worker's
+    parent is SIGSTOPped; the attempt fails, retryable, and is retried on a second
+    worker). Attempt 2 then fails for real while its worker's parent is SIGSTOPped too,
+    and a reconcile pass runs. Correct: attempt 2 never runs (the cancel was answered), or
+    its genuine failure is what is recorded; never `stopped` by attempt 1's stop."""
+    marker = new_marker("r4s")
+    markers.append(marker)
+    first_worker = worker_process()
+    workers_registered(1)
+    payload = {"action": "sleep_fail", "seconds": 0.5, "marker": marker}
+    task, _ = enqueue_task("diagnostic", payload, max_attempts=2)
+    stopped: list[int] = []
+    try:
+        first = wait_for(lambda: starts(marker), timeout=20)
+        os.kill(first_worker.pid, signal.SIGSTOP)
+        stopped.append(first_worker.pid)
+        answer = cancel_task(task.pk)
+        answered = time.time()
+        assert row(task).stop_requested_at is not None
+        wait_for(lambda: horse_exited(first[0][2]), timeout=10)
+        after_first = row(task).status
+        second_worker = worker_process()
+        second = poll(lambda: starts(marker)[1:], timeout=15, interval=0.01)
+        actions: dict = {}
+        if second:
+            os.kill(second_worker.pid, signal.SIGSTOP)
+            stopped.append(second_worker.pid)
+            wait_for(lambda: horse_exited(second[0][2]), timeout=10)
+            poll(lambda: rq_view(task)["status"] == "failed", timeout=3, interval=0.01)
+            actions = reconcile_once()
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    final = wait_terminal(task, timeout=15)
+    task.refresh_from_db()
+    attempts = [(a.number, a.outcome, a.error_code) for a in task.attempt_set.all()]
+    runs = [(e, round(t - answered, 2)) for e, t, _ in events(marker) if e in ("start", "fail")]
+    story = (
+        f"task {task.pk}: cancel answered {answer!r} during attempt 1, which then ended "
+        f"{after_first}; now {task.status} error_code={task.error_code!r}; "
+        f"attempts={attempts}; handler events relative to the answer: {runs}; "
+        f"reconciler: {actions}"
+    )
+    print(story)
+    assert final is not None, f"stuck: {story}"
+    genuine = ("fail" in [e for e, _ in runs[2:]]) if len(runs) > 2 else False
+    stale = [a for a in attempts if a[0] > 1 and a[1] == "stopped"]
+    assert not (genuine and stale), (
+        f"attempt 2 failed for real but was recorded `stopped` by attempt 1's stop: {story}"
+    )
+    assert len(starts(marker)) == 1, f"attempt 2 ran after the cancel was answered: {story}"
+
+
+# --- race 5: a stop sent just after the lease -----------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_race5_a_stop_sent_right_after_the_lease_ends_the_task_at_once(worker_process, markers):
+    """Cancel a 5 s task the instant its row shows `leased` (the worker leases before it
+    forks, and before it knows its own lease): it must be `cancelled` within 2 s, every
+    time, and its handler must not run to its end."""
+    worker_process()
+    workers_registered(1)
+    counts: Counter = Counter()
+    violations: list[str] = []
+    deadline = time.monotonic() + 80
+    iterations = 0
+    while iterations < 50 and time.monotonic() < deadline and len(violations) < 3:
+        iterations += 1
+        marker = new_marker("r5")
+        markers.append(marker)
+        payload = {"action": "sleep", "seconds": 5, "marker": marker}
+        task, _ = enqueue_task("diagnostic", payload, max_attempts=1)
+        status = Task.objects.filter(pk=task.pk).values_list("status", flat=True)
+        leased = poll(lambda s=status: s.first() == "leased", timeout=10, interval=0.0002)
+        assert leased, f"task {task.pk} was never leased"
+        answer = cancel_task(task.pk)
+        sent = time.monotonic()
+        counts["handler already started" if starts(marker) else "handler not started yet"] += 1
+        final = wait_terminal(task, timeout=2)
+        took = time.monotonic() - sent
+        if final is not None and final.status == "cancelled":
+            counts["cancelled within 2 s"] += 1
+            continue
+        final = wait_terminal(task, timeout=10)
+        violations.append(
+            f"task {task.pk}: cancel answered {answer!r}; not cancelled within 2 s; ended "
+            f"{final.status if final else row(task).status} after {took:.1f}s+ "
+            f"(error_code={final.error_code if final else ''!r}, witness={events(marker)})"
+        )
+    summary = f"{iterations} iterations: {dict(counts)}"
+    print(summary)
+    assert not violations, (
+        f"{len(violations)} of {iterations} stops were not honoured at once ({summary}); "
+        f"first: {violations[0]}"
+    )
+    assert iterations >= 50, f"only {iterations} iterations in the time allowed: {summary}"
+
+
+# --- race 2: Redis restarted empty while a task runs ------------------------------------------
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.timeout(100)
+def test_race2_redis_restarted_empty_while_a_task_runs_does_not_run_it_twice(
+    worker_process, private_redis, markers
+):
+    """Two workers; Redis is killed and restarted without its data while an exclusive
+    task's handler runs; the reconciler runs every 0.5 s (no grace). The running attempt
+    must not be run again while its horse still runs, and its real outcome (completed)
+    must be what the row records. The workers must survive the restart."""
+    private_redis.start()
+    env = {"REDIS_URL": private_redis.url, **FAST}
+    workers = [worker_process(**env), worker_process(**env)]
+    marker = new_marker("r2")
+    markers.append(marker)
+    reconciler_actions: Counter = Counter()
+    with override_settings(REDIS_URL=private_redis.url):
+        workers_registered(2)
+        payload = {"action": "sleep", "seconds": 6, "marker": marker}
+        task, _ = enqueue_task("diagnostic_exclusive", payload, max_attempts=2)
+        first = poll(lambda: starts(marker), timeout=20)
+        assert first, "the exclusive task never started"
+        _, first_start, first_pid = first[0]
+        wait_for(lambda: row(task).status == "leased", timeout=10)
+        private_redis.kill()
+        private_redis.start()  # empty: the job, its lock and the workers' keys are gone
+        restarted = time.time()
+        # The reconciler, as rqcron would run it (faster), while the first horse runs.
+        while alive(first_pid) and time.time() < first_start + 15:
+            reconciler_actions.update(reconcile_once())
+            time.sleep(0.5)
+        first_end = time.time()
+        for _ in range(6):  # and a few seconds more
+            reconciler_actions.update(reconcile_once())
+            time.sleep(0.5)
+        final = wait_terminal(task, timeout=20)
+        alive_workers = [w.poll() is None for w in workers]
+    runs = starts(marker)
+    overlapping = [(t, pid) for _, t, pid in runs[1:] if t < first_end]
+    task.refresh_from_db()
+    attempts = [(a.number, a.outcome, a.error_code) for a in task.attempt_set.all()]
+    story = (
+        f"task {task.pk}: {task.status} error_code={task.error_code!r} attempts={attempts}; "
+        f"handler starts: {[(round(t - first_start, 2), pid) for _, t, pid in runs]} "
+        f"(first horse pid {first_pid} ran until +{first_end - first_start:.1f}s, Redis "
+        f"restarted at +{restarted - first_start:.1f}s); reconciler: {dict(reconciler_actions)}; "
+        f"workers alive: {alive_workers}"
+    )
+    print(story)
+    assert not overlapping, f"a second run started while the first horse still ran: {story}"
+    assert final is not None and final.status == "completed", f"not completed: {story}"
+    assert attempts == [(1, "completed", "")], f"the real outcome was not recorded: {story}"
+    assert all(alive_workers), f"a worker did not survive the Redis restart: {story}"
+
+
+# --- race 6: retries that depend on one worker's scheduler -----------------------------------
+
+BACKOFF_2S = override_settings(
+    TASKQUEUE={
+        **settings.TASKQUEUE,
+        "TASK_TYPES": {"diagnostic": {"backoff": {"base": 2, "jitter": 0}}},
+    }
+)
+
+
+def scheduler_locks() -> dict[str, str | None]:
+    from taskqueue.registry import QUEUES
+
+    connection = backend.get_connection()
+    return {
+        name: (v.decode() if (v := connection.get(f"rq:scheduler-lock:{name}")) else None)
+        for name in QUEUES
+    }
+
+
+def wait_for_retry(task: Task, marker: str, timeout: float, final: str) -> tuple[bool, float]:
+    """Run the reconciler every 0.5 s (1 s grace) until the task is `final`; (done, seconds)."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if row(task).status == final:
+            return True, time.monotonic() - began
+        reconcile_once(grace=1)
+        time.sleep(0.5)
+    return False, time.monotonic() - began
+
+
+@pytest.mark.timeout(100)
+@pytest.mark.parametrize("kill", ["parent_and_horse", "whole_worker"])
+def test_race6_a_retry_runs_when_the_worker_holding_the_scheduler_dies(
+    worker_process, markers, kill
+):
+    """Worker A (started first) holds RQ's scheduler lock, B runs `--with-scheduler` too.
+    A dies (SIGKILL: its parent and its horse; or the whole worker, its scheduler process
+    as well, as when its machine dies) while running a task with a 2 s retry backoff. Once
+    the reconciler has ended the attempt, the retry must complete on B within 30 s."""
+    marker = new_marker("r6")
+    markers.append(marker)
+    with BACKOFF_2S:
+        worker_a = worker_process("--with-scheduler", name=f"race6-a-{os.getpid()}", **FAST)
+        wait_for(lambda: all(scheduler_locks().values()), timeout=20)
+        payload = {"action": "sleep", "seconds": 3, "marker": marker}
+        task, _ = enqueue_task("diagnostic", payload, max_attempts=2, timeout=30)
+        first = wait_for(lambda: starts(marker), timeout=20)
+        assert task.attempt_set.get().worker_name.startswith("race6-a-")
+        worker_process("--with-scheduler", name=f"race6-b-{os.getpid()}", **FAST)
+        workers_registered(2)
+        locks = scheduler_locks()
+        parent = psutil.Process(worker_a.pid)
+        doomed = [parent, psutil.Process(first[0][2])]
+        if kill == "whole_worker":
+            doomed = [parent, *parent.children(recursive=True)]
+        others = [p.pid for p in parent.children(recursive=True) if p not in doomed]
+        for process in doomed:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        began = time.monotonic()
+        wait_for(
+            lambda: reconcile_once(grace=1) is not None and row(task).status != "leased",
+            timeout=30,
+            interval=0.5,
+        )
+        left_leased = time.monotonic() - began
+        after = row(task)
+        assert after.status == "retrying", f"expected retrying, got {after.status}"
+        done, took = wait_for_retry(task, marker, timeout=35, final="completed")
+    task.refresh_from_db()
+    rq = rq_view(task)
+    attempts = [(a.number, a.outcome, a.error_code, a.worker_name) for a in task.attempt_set.all()]
+    story = (
+        f"task {task.pk}: {task.status} after {took:.0f}s (left leased {left_leased:.1f}s after "
+        f"the kill); attempts={attempts}; RQ job {rq}; scheduler locks before the kill: {locks}; "
+        f"A's processes left alive: {[p for p in others if alive(p)]}"
+    )
+    print(story)
+    assert done, f"the retry did not complete within 35 s: {story}"
+
+
+@pytest.mark.timeout(100)
+def test_race6_a_retry_with_backoff_runs_without_any_worker_scheduler(worker_process, markers):
+    """No worker runs RQ's scheduler (no `--with-scheduler`); the reconciler runs every
+    0.5 s as rqcron would. A failed attempt with a 2 s backoff must be retried (its second
+    attempt run and the task finished) within 30 s."""
+    marker = new_marker("r6b")
+    markers.append(marker)
+    with BACKOFF_2S:
+        worker_process(**FAST)
+        worker_process(**FAST)
+        workers_registered(2)
+        payload = {"action": "sleep_fail", "seconds": 0.1, "marker": marker}
+        task, _ = enqueue_task("diagnostic", payload, max_attempts=2)
+        wait_for(lambda: row(task).status == "retrying", timeout=20)
+        done, took = wait_for_retry(task, marker, timeout=30, final="failed")
+    task.refresh_from_db()
+    attempts = [(a.number, a.outcome, a.error_code) for a in task.attempt_set.all()]
+    story = (
+        f"task {task.pk}: {task.status} after {took:.0f}s, next_attempt_at "
+        f"{task.next_attempt_at}; attempts={attempts}; handler runs={len(starts(marker))}; "
+        f"RQ job {rq_view(task)}"
+    )
+    print(story)
+    assert done and len(starts(marker)) == 2, f"the retry did not run within 30 s: {story}"
+
+
+# --- race 7: the exclusive lock, and cancels racing the worker ----------------------------------
+
+EXCLUSIVE_LOCK = backend.LOCK_PREFIX + "diagnostic_exclusive"
+
+
+def lock_state() -> tuple[str | None, int]:
+    """The exclusive type's lock: (holder token, seconds to live) or (None, -2)."""
+    connection = backend.get_connection()
+    value = connection.get(EXCLUSIVE_LOCK)
+    return (value.decode() if value else None), connection.ttl(EXCLUSIVE_LOCK)
+
+
+@pytest.mark.timeout(120)
+def test_race7a_a_stop_racing_an_exclusive_completion_never_leaks_the_lock(worker_process, markers):
+    """Cancel exclusive tasks at the moment they complete: once every task is terminal no
+    `taskqueue:lock:diagnostic_exclusive` key remains, and one more exclusive task then
+    completes within 10 s."""
+    worker_process("--with-scheduler")
+    worker_process("--with-scheduler")
+    workers_registered(2)
+    seconds = 0.05
+    aim = Aim()
+    counts: Counter = Counter()
+    leak = None
+    deadline = time.monotonic() + 75
+    iterations = 0
+    while iterations < 60 and time.monotonic() < deadline:
+        iterations += 1
+        marker = new_marker("r7a")
+        markers.append(marker)
+        payload = {"action": "sleep", "seconds": seconds, "marker": marker}
+        task, _ = enqueue_task("diagnostic_exclusive", payload)
+        started = poll(lambda m=marker: starts(m), timeout=10)
+        assert started, f"iteration {iterations}: task {task.pk} never started: {lock_state()}"
+        sleep_until(started[0][1] + seconds + aim.next())
+        try:
+            answer = cancel_task(task.pk)
+        except InvalidTransition:
+            answer = "terminal"
+        final = wait_terminal(task)
+        assert final is not None, f"task {task.pk} still {row(task).status} after 15 s"
+        counts[final.status] += 1
+        aim.early() if final.status == "cancelled" else aim.late()
+        if answer == STOPPING and any(e == "end" for e, _, _ in events(marker)):
+            counts["racy (stopping answered, handler reached its end)"] += 1
+        held = poll(lambda: lock_state()[0] is None, timeout=1, interval=0.01)
+        if not held:
+            holder, ttl = lock_state()
+            leak = (
+                f"task {final.pk} ended {final.status} (error_code={final.error_code!r}, cancel "
+                f"answered {answer!r}, handler ended: "
+                f"{any(e == 'end' for e, _, _ in events(marker))}) and left the lock held by "
+                f"{holder!r} for {ttl} more seconds"
+            )
+            break
+    summary = f"{iterations} iterations: {dict(counts)}"
+    print(summary)
+    marker = new_marker("r7a-after")
+    markers.append(marker)
+    after, _ = enqueue_task("diagnostic_exclusive", {"marker": marker})
+    completed = poll(lambda: row(after).status == "completed", timeout=10, interval=0.05)
+    assert leak is None, f"the exclusive lock leaked after {iterations} iterations: {leak}"
+    assert completed, f"a later exclusive task did not complete in 10 s: {row(after).status}"
+    assert counts["racy (stopping answered, handler reached its end)"] >= 5, f"not raced: {summary}"
+
+
+@pytest.mark.timeout(100)
+def test_race7b_a_killed_worker_does_not_keep_the_exclusive_lock_from_the_retry(
+    worker_process, markers
+):
+    """A whole worker is SIGKILLed while it runs an exclusive task (max_attempts=2); once
+    the reconciler has ended the attempt, the retry must complete within 30 s on a new
+    worker (the reconciler running every 0.5 s)."""
+    marker = new_marker("r7b")
+    markers.append(marker)
+    worker = worker_process(**FAST)
+    payload = {"action": "sleep", "seconds": 3, "marker": marker}
+    task, _ = enqueue_task("diagnostic_exclusive", payload, max_attempts=2)
+    first = wait_for(lambda: starts(marker), timeout=20)
+    wait_for(lambda: row(task).status == "leased", timeout=10)
+    worker.kill()
+    psutil.Process(first[0][2]).kill()
+    reconcile_until_left_leased = time.monotonic()
+    wait_for(
+        lambda: reconcile_once(grace=1) is not None and row(task).status != "leased",
+        timeout=30,
+        interval=0.5,
+    )
+    left_leased = time.monotonic() - reconcile_until_left_leased
+    after_kill = row(task)
+    lock_after_kill = lock_state()
+    worker_process("--with-scheduler", **FAST)
+    done, took = wait_for_retry(task, marker, timeout=30, final="completed")
+    task.refresh_from_db()
+    attempts = [(a.number, a.outcome, a.error_code) for a in task.attempt_set.all()]
+    story = (
+        f"task {task.pk}: {task.status} (dispatch {task.dispatch}) {took:.0f}s after a new worker "
+        f"started; it left leased {left_leased:.1f}s after the kill, as {after_kill.status}; "
+        f"attempts={attempts}; handler runs={len(starts(marker))}; lock after the kill "
+        f"(holder, ttl)={lock_after_kill}, now={lock_state()}"
+    )
+    print(story)
+    assert done, f"the retry did not complete within 30 s: {story}"
+
+
+@pytest.mark.timeout(120)
+def test_race7c_a_cancel_racing_the_worker_never_answers_5xx(worker_process, api):
+    """DELETE /api/system/maintenance/tasks/{id} at random moments after enqueueing, with
+    two live workers (tasks that succeed, and tasks that fail and are retried at once):
+    the answer is 200, 202 or 409, never a server error."""
+    from django.core.signals import got_request_exception
+
+    api.raise_request_exception = False
+    errors: list[str] = []
+
+    def record(sender, request=None, **kwargs) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+    got_request_exception.connect(record, weak=False)
+    worker_process()
+    worker_process()
+    workers_registered(2)
+    statuses: Counter = Counter()
+    server_errors: list[str] = []
+    deadline = time.monotonic() + 75
+    iterations = 0
+    try:
+        while iterations < 600 and time.monotonic() < deadline:
+            iterations += 1
+            # A quarter at a random moment; the rest the instant a failed attempt shows `retrying`
+            # (its horse records that before RQ re-queues the job and ends its execution).
+            moment = random.choice(["random", "retrying", "retrying", "retrying"])
+            action = "succeed" if moment == "random" and random.random() < 0.5 else "sleep_fail"
+            payload = {"action": action, "seconds": random.uniform(0, 0.01)}
+            task, _ = enqueue_task("diagnostic", payload, max_attempts=3)
+            if moment == "random":
+                time.sleep(random.uniform(0, 0.06))
+            else:
+                status = Task.objects.filter(pk=task.pk).values_list("status", flat=True)
+                poll(lambda s=status: s.first() != "queued" and s.first() != "leased", 5, 0.0002)
+            before = len(errors)
+            response = api.delete(f"/api/system/maintenance/tasks/{task.pk}")
+            statuses[response.status_code] += 1
+            if response.status_code >= 500:
+                server_errors.append(
+                    f"task {task.pk} ({action}, DELETE at a {moment} moment): "
+                    f"{response.status_code}, {errors[before:] or response.content[:200]}, "
+                    f"now {row(task).status}"
+                )
+    finally:
+        got_request_exception.disconnect(record)
+    summary = f"{iterations} DELETEs: {dict(statuses)}"
+    print(summary)
+    assert not server_errors, (
+        f"{len(server_errors)} of {iterations} cancels answered a server error ({summary}); "
+        f"first: {server_errors[0]}"
+    )
+    assert statuses[200] >= 5 and statuses[202] >= 5, f"not raced: {summary}"
+
+
+# --- race 9: Ctrl-C on `make run` while a task runs ---------------------------------------------
+
+
+@pytest.mark.timeout(110)
+def test_race9_ctrl_c_on_make_run_leaves_no_work_horse_behind():
+    """`make run` (scripts/run.py) runs a 60 s task; Ctrl-C (SIGINT to the launcher's
+    group, as a terminal sends it): within 30 s no process of the system remains, the
+    work horse included, and the launcher says it is waiting for the running task."""
+    var_dir = tempfile.mkdtemp(prefix="tq-run-")  # short: unix socket paths are limited
+    port = free_port()
+    env = subprocess_env(VAR_DIR=var_dir, PORT=str(port))
+    env.pop("REDIS_URL")  # the launcher starts its own embedded Redis
+    log_path = Path(var_dir) / "run.log"
+    log = log_path.open("w")
+    launcher = subprocess.Popen(
+        [sys.executable, "scripts/run.py"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    processes: list[psutil.Process] = []
+    try:
+        wait_for(lambda: http_status(f"http://127.0.0.1:{port}/admin/login/") == 200, timeout=60)
+        marker = new_marker("r9")
+        with override_settings(REDIS_URL=f"unix://{var_dir}/redis/redis.sock"):
+            payload = {"action": "sleep", "seconds": 60, "marker": marker}
+            task, _ = enqueue_task("diagnostic", payload, max_attempts=1, timeout=120)
+        running = wait_for(lambda: starts(marker, Path(var_dir)), timeout=30)
+        horse = psutil.Process(running[0][2])
+        processes = [psutil.Process(launcher.pid), *psutil.Process(launcher.pid).children(True)]
+        if horse not in processes:
+            processes.append(horse)
+        described = {p.pid: " ".join(p.cmdline())[:80] for p in processes}
+        os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        interrupted = time.monotonic()
+        _, left = psutil.wait_procs(processes, timeout=30)
+        took = time.monotonic() - interrupted
+        log.flush()
+        output = log_path.read_text()
+        tail = output[output.find("Stopping") :][-1500:] if "Stopping" in output else output[-1500:]
+        left_behind = [
+            f"{p.pid} {'(the work horse) ' if p.pid == horse.pid else ''}{described[p.pid]}"
+            for p in left
+        ]
+        print(f"{took:.0f}s after Ctrl-C; left: {left_behind}; task {row(task).status}")
+        assert not left_behind, (
+            f"30 s after Ctrl-C these still run: {left_behind}; the task is "
+            f"{row(task).status}; the launcher said: {tail!r}"
+        )
+        assert re.search(r"wait\w*\b.*\brunning\b.*\btask", output, re.IGNORECASE), (
+            f"the launcher never said it waits for the running task: {tail!r}"
+        )
+    finally:
+        if launcher.poll() is None:
+            stop_process_group(launcher)
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        log.close()
+        shutil.rmtree(var_dir, ignore_errors=True)
