@@ -9,10 +9,11 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.test import override_settings
 
 from taskqueue.models import Task
 from taskqueue.services import CANCELLED, STOPPING, cancel_task, enqueue_task, reconcile_tasks
-from tests.e2e.test_fault_drills import marker, witness  # noqa: F401 (a fixture)
+from tests.e2e.test_fault_drills import witness
 from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -103,10 +104,11 @@ def test_a_failure_retried_at_once_is_run_again_by_another_worker(worker_process
 
 
 def test_a_horse_dies_with_its_sigkilled_worker_and_the_reconciler_ends_the_attempt(
-    worker_process, marker
+    worker_process, tmp_path: Path
 ) -> None:
     import psutil
 
+    marker = f"orphan-{tmp_path.name}"
     payload = {"action": "sleep", "seconds": 30, "marker": marker}
     task, _ = enqueue_task("diagnostic", payload, max_attempts=1)
     worker = worker_process(TASKQUEUE_JOB_MONITORING_INTERVAL="1", TASKQUEUE_HEARTBEAT_MARGIN="2")
