@@ -31,19 +31,48 @@ def services(port: str) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
-def stop_all(children: dict[str, subprocess.Popen]) -> None:
+# Seconds a stopping worker gets to finish its running task before it is told to stop it.
+WARM_SHUTDOWN_SECONDS = 15
+
+
+def stop_all(children: dict[str, subprocess.Popen], hurry: "list[bool]") -> None:
+    """SIGTERM every child; the worker finishes its running task (a second Ctrl-C, or
+    WARM_SHUTDOWN_SECONDS, makes it stop the task and record it), then SIGKILL the rest."""
     for child in children.values():
         if child.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
+    worker = children.get("worker")
+    if worker is not None and _wait(worker, 1.0, hurry) is None:
+        print(
+            f"Waiting for the worker's running task to finish (at most {WARM_SHUTDOWN_SECONDS} s;"
+            " Ctrl-C again stops it now)…",
+            file=sys.stderr,
+            flush=True,
+        )
+        if _wait(worker, WARM_SHUTDOWN_SECONDS, hurry) is None:
+            print("Stopping the running task (it is recorded as interrupted).", file=sys.stderr)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)  # the second signal: a cold shutdown
+            _wait(worker, 10, [False])
+    deadline = time.monotonic() + 5
     for child in children.values():
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(max(0.1, deadline - time.monotonic()))
-    for child in children.values():  # the process group: a worker's work horse too
+    for child in children.values():  # the process group: the worker's work horse too
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
         child.wait()
+
+
+def _wait(child: subprocess.Popen, seconds: float, hurry: "list[bool]") -> int | None:
+    """Wait up to `seconds` for `child` to exit (less if `hurry[0]` becomes true)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not hurry[0]:
+        if child.poll() is not None:
+            return child.returncode
+        time.sleep(0.1)
+    return child.poll()
 
 
 def serve(env: dict[str, str]) -> int:
@@ -52,9 +81,11 @@ def serve(env: dict[str, str]) -> int:
     port = env.get("PORT", "8000")
     children: dict[str, subprocess.Popen] = {}
     stopping = False
+    hurry = [False]  # a second Ctrl-C while stopping
 
     def request_stop(*_: object) -> None:
         nonlocal stopping
+        hurry[0] = stopping
         stopping = True
 
     signal.signal(signal.SIGINT, request_stop)
@@ -85,7 +116,7 @@ def serve(env: dict[str, str]) -> int:
         return 0
     finally:
         print("Stopping…", file=sys.stderr)
-        stop_all(children)
+        stop_all(children, hurry)
 
 
 def main() -> None:
