@@ -10,10 +10,11 @@ from taskqueue.services.reconcile import reconcile_tasks
 from taskqueue.services.retention import prune_tasks
 from taskqueue.services.schedules import run_due_schedules
 
+# Every 15 s: an overdue retry is dispatched within SCHEDULE_GRACE + 15 s of its time.
 cron.register(
     reconcile_tasks,
     "high",
-    interval=60,
+    interval=15,
     job_timeout=240,
     result_ttl=600,
     failure_ttl=86400,

@@ -24,7 +24,15 @@ logger = logging.getLogger(__name__)
 
 STATE = "taskqueue:alerts:firing"
 SEEN = "taskqueue:alerts:reconciler-seen"
-RESCUES = ("dispatched", "redispatched", "redis_lost", "worker_lost", "outcome_copied")
+# overdue_dispatched: a retry or deferral RQ's scheduler did not move (no worker runs one).
+RESCUES = (
+    "dispatched",
+    "redispatched",
+    "overdue_dispatched",
+    "redis_lost",
+    "worker_lost",
+    "outcome_copied",
+)
 
 
 def conditions() -> dict[str, str]:

@@ -674,8 +674,8 @@ def test_race6_a_retry_runs_when_the_worker_holding_the_scheduler_dies(
             interval=0.5,
         )
         left_leased = time.monotonic() - began
-        after = row(task)
-        assert after.status == "retrying", f"expected retrying, got {after.status}"
+        after = row(task)  # retrying, or already re-run: the reconciler retries at once
+        assert after.status == "retrying" or after.attempts == 2, f"got {after.status}"
         done, took = wait_for_retry(task, marker, timeout=35, final="completed")
     task.refresh_from_db()
     rq = rq_view(task)

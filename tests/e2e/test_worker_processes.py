@@ -108,14 +108,15 @@ def test_a_horse_dies_with_its_sigkilled_worker_and_the_reconciler_ends_the_atte
 ) -> None:
     import psutil
 
-    marker = f"orphan-{tmp_path.name}"
+    marker = f"orphan-{os.getpid()}-{time.monotonic_ns()}"
     payload = {"action": "sleep", "seconds": 30, "marker": marker}
     task, _ = enqueue_task("diagnostic", payload, max_attempts=1)
     worker = worker_process(TASKQUEUE_JOB_MONITORING_INTERVAL="1", TASKQUEUE_HEARTBEAT_MARGIN="2")
     line = wait_for(lambda: witness(marker)[:3], timeout=20)
-    horse = psutil.Process(int(line[2]))
+    horse = int(line[2])
+    assert psutil.pid_exists(horse)
     os.kill(worker.pid, signal.SIGKILL)  # the worker only: PR_SET_PDEATHSIG takes its horse
-    horse.wait(timeout=5)
+    wait_for(lambda: not psutil.pid_exists(horse), timeout=5)
     fast = {**settings.TASKQUEUE, "JOB_MONITORING_INTERVAL": 1, "HEARTBEAT_MARGIN": 2}
     with override_settings(TASKQUEUE={**fast, "RECONCILE_GRACE": 0}):
         assert reconcile_tasks() == {}  # its heartbeat is fresh: the worker may still record
