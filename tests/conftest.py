@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from project.http import UVICORN_OPTIONS
+from scripts.embedded_redis import redis_server_binary
 from tests.helpers import (
     ROOT,
     free_port,
@@ -209,3 +211,30 @@ def make_client(django_user_model, redis_db):
         return token_client(user_with(django_user_model, username, staff=staff, perms=perms))
 
     return make
+
+
+@pytest.fixture
+def private_redis() -> Iterator:
+    """A Redis of this test's own, without persistence, that the test may kill."""
+    directory = Path(tempfile.mkdtemp(prefix="tq-redis-"))
+    sock = directory / "redis.sock"
+    command = [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
+               "--appendonly", "no", "--dir", str(directory)]  # fmt: skip
+
+    class Server:
+        url = f"unix://{sock}"
+        process: subprocess.Popen | None = None
+
+        def start(self) -> None:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+            wait_for(sock.exists, timeout=10)
+
+        def kill(self) -> None:
+            self.process.kill()
+            self.process.wait()
+            sock.unlink(missing_ok=True)
+
+    server = Server()
+    yield server
+    if server.process and server.process.poll() is None:
+        server.kill()

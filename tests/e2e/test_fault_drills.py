@@ -10,7 +10,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,6 @@ from django.test import override_settings
 from rest_framework.authtoken.models import Token
 
 from project.http import UVICORN_OPTIONS
-from scripts.embedded_redis import redis_server_binary
 from taskqueue.exceptions import InvalidTransition
 from taskqueue.models import Task
 from taskqueue.services import cancel_task, enqueue_task, reconcile_tasks
@@ -128,33 +126,6 @@ def test_a_warm_shutdown_lets_the_running_task_finish(worker_process):
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0
     assert status_of(task) == "completed"
-
-
-@pytest.fixture
-def private_redis() -> Iterator:
-    """A Redis of this test's own, without persistence, that the test may kill."""
-    directory = Path(tempfile.mkdtemp(prefix="tq-redis-"))
-    sock = directory / "redis.sock"
-    command = [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
-               "--appendonly", "no", "--dir", str(directory)]  # fmt: skip
-
-    class Server:
-        url = f"unix://{sock}"
-        process: subprocess.Popen | None = None
-
-        def start(self) -> None:
-            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-            wait_for(sock.exists, timeout=10)
-
-        def kill(self) -> None:
-            self.process.kill()
-            self.process.wait()
-            sock.unlink(missing_ok=True)
-
-    server = Server()
-    yield server
-    if server.process and server.process.poll() is None:
-        server.kill()
 
 
 def test_a_redis_restart_without_persistence_loses_no_task(worker_process, private_redis):

@@ -31,25 +31,15 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
-from scripts.embedded_redis import redis_server_binary
 from taskqueue import backend
 from taskqueue.exceptions import InvalidTransition
 from taskqueue.models import Task
 from taskqueue.services import CANCELLED, STOPPING, cancel_task, enqueue_task, reconcile_tasks
+from tests.e2e.test_fault_drills import FAST
 from tests.helpers import ROOT, free_port, http_status, stop_process_group, subprocess_env, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-FAST = {"TASKQUEUE_JOB_MONITORING_INTERVAL": "1", "TASKQUEUE_HEARTBEAT_MARGIN": "2"}
-# The reconciler judges heartbeats with the same settings as the workers (FAST) it watches.
-NO_GRACE = override_settings(
-    TASKQUEUE={
-        **settings.TASKQUEUE,
-        "RECONCILE_GRACE": 0,
-        "JOB_MONITORING_INTERVAL": 1,
-        "HEARTBEAT_MARGIN": 2,
-    }
-)
 TERMINAL = ("completed", "failed", "cancelled")
 
 
@@ -179,33 +169,6 @@ def sleep_until(moment: float) -> None:
     delay = moment - time.time()
     if delay > 0:
         time.sleep(delay)
-
-
-@pytest.fixture
-def private_redis() -> Iterator:
-    """A Redis of this test's own, without persistence, that the test may kill."""
-    directory = Path(tempfile.mkdtemp(prefix="tq-redis-"))
-    sock = directory / "redis.sock"
-    command = [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
-               "--appendonly", "no", "--dir", str(directory)]  # fmt: skip
-
-    class Server:
-        url = f"unix://{sock}"
-        process: subprocess.Popen | None = None
-
-        def start(self) -> None:
-            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-            wait_for(sock.exists, timeout=10)
-
-        def kill(self) -> None:
-            self.process.kill()
-            self.process.wait()
-            sock.unlink(missing_ok=True)
-
-    server = Server()
-    yield server
-    if server.process and server.process.poll() is None:
-        server.kill()
 
 
 # --- race 1: a stop racing the completion -----------------------------------------------------
