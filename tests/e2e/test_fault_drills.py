@@ -234,3 +234,57 @@ def test_cancel_racing_with_start_never_runs_a_cancelled_task(worker_process):
         else:
             assert task.status in ("completed", "cancelled")
     assert cancelled_before_start > 0
+
+
+def gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# --- the bounds with the production settings (30 s heartbeats, 60 s margin, a pass every 15 s)
+
+
+def test_a_cold_shutdown_mid_task_records_the_attempt_before_the_worker_exits(
+    worker_process, marker
+):
+    payload = {"action": "sleep", "seconds": 60, "marker": marker}
+    task, _ = enqueue_task("diagnostic", payload, max_attempts=1, timeout=120)
+    worker = worker_process()  # the production defaults
+    running = horse(marker)
+    worker.send_signal(signal.SIGTERM)  # warm: it would wait for the task
+    time.sleep(1.5)  # RQ ignores a second signal within 1 s of the first
+    worker.send_signal(signal.SIGTERM)  # cold: stop the task, record it, exit
+    assert worker.wait(15) != 0
+    assert gone(running)
+    task.refresh_from_db()
+    assert (task.status, task.error_code) == ("failed", "worker_lost")
+    assert "shut down" in task.error_message
+
+
+@pytest.mark.timeout(200)
+def test_a_sigkilled_worker_leaves_its_task_leased_no_longer_than_the_documented_bound(
+    worker_process, marker
+):
+    """JOB_MONITORING_INTERVAL (30 s) + HEARTBEAT_MARGIN (60 s), then the next pass of a
+    reconciler run every 15 s as rqcron runs it: at most 105 s, with the defaults."""
+    payload = {"action": "sleep", "seconds": 300, "marker": marker}
+    task, _ = enqueue_task("diagnostic", payload, max_attempts=1, timeout=600)
+    worker = worker_process()  # the production defaults
+    running = horse(marker)
+    killed = time.monotonic()
+    worker.kill()  # the worker; PR_SET_PDEATHSIG takes its horse
+    wait_for(lambda: gone(running), timeout=5)
+    passes = 0
+    while time.monotonic() - killed < 150:
+        reconcile_tasks()  # the production settings: no override
+        passes += 1
+        if status_of(task) != "leased":
+            break
+        time.sleep(15)
+    left = time.monotonic() - killed
+    print(f"left leased {left:.0f} s after the kill, {passes} reconciler passes")
+    task.refresh_from_db()
+    assert (task.status, task.error_code) == ("failed", "worker_lost")
+    assert left <= 30 + 60 + 15 + 5
