@@ -170,8 +170,13 @@ class Worker(RQWorker):
             return
         self._running = attempt = Attempt(job=job, queue=queue)  # stops count from here
         try:
-            self.prepare_execution(job)
-            self.prepare_job_execution(job)
+            try:
+                self.prepare_execution(job)
+                self.prepare_job_execution(job)
+            except backend.RedisError as exc:  # the row is the truth: run it all the same
+                self.log.warning(
+                    "Worker %s: could not mark job %s started: %s", self.name, job.id, exc
+                )
             self._execute_attempt(attempt)
         finally:
             self._running = None
@@ -296,7 +301,7 @@ class Worker(RQWorker):
         job._result = result
         try:
             self.handle_job_success(job, queue, queue.started_job_registry)
-        except backend.RedisError as exc:  # the row is the truth; the reconciler reads it
+        except Exception as exc:  # Redis away: the row is the truth; the reconciler reads it
             self.log.warning("Worker %s: could not finish job %s: %s", self.name, job.id, exc)
 
     def _rq_failed(self, job: Job, queue: Queue, exc_string: str, *, retry: bool) -> None:
@@ -305,7 +310,7 @@ class Worker(RQWorker):
             job.retries_left = 0
         try:
             self.handle_job_failure(job, queue, queue.started_job_registry, exc_string)
-        except backend.RedisError as exc:
+        except Exception as exc:  # as above
             self.log.warning("Worker %s: could not mark job %s failed: %s", self.name, job.id, exc)
 
     # The horse's life.
