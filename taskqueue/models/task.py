@@ -275,6 +275,14 @@ class Task(models.Model):
         """
         return statements.heartbeat(self.pk, attempt, timezone.now())
 
+    def current_worker_name(self) -> str | None:
+        """The worker that leased the current attempt (the one to send its stop to)."""
+        return (
+            TaskAttempt.objects.filter(task=self, number=self.attempts)
+            .values_list("worker_name", flat=True)
+            .first()
+        )
+
     def request_stop(self, *, by: Any = None) -> bool:
         """Record that a stop of the running attempt was asked for (it stays leased)."""
         values = {"stop_requested_at": timezone.now(), "cancelled_by": by}

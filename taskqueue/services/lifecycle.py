@@ -19,7 +19,7 @@ from taskqueue.exceptions import (
     TaskNotFound,
     TooManyActiveTasks,
 )
-from taskqueue.models import Task, TaskAttempt
+from taskqueue.models import Task
 from taskqueue.registry import get_task_type, queue_for_priority
 
 logger = logging.getLogger(__name__)
@@ -175,11 +175,7 @@ STOP_POLL_SECONDS = 0.05
 def _ask_to_stop(task: Task, *, by: Any) -> None:
     """Record the stop on the leased task and send it to the worker that leased the attempt."""
     task.request_stop(by=by)  # False if already asked: send it again all the same
-    worker = (
-        TaskAttempt.objects.filter(task=task, number=task.attempts)
-        .values_list("worker_name", flat=True)
-        .first()
-    )
+    worker = task.current_worker_name()
     if worker:
         stop = partial(backend.stop_job, worker_name=worker)
         transaction.on_commit(partial(_quietly, stop, task.job_id))

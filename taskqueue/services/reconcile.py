@@ -16,7 +16,7 @@ from django.utils import timezone
 from taskqueue import backend
 from taskqueue.conf import conf
 from taskqueue.exceptions import QueueUnavailable
-from taskqueue.models import Task, TaskAttempt
+from taskqueue.models import Task
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _reconcile_leased(task: Task, state: backend.JobState, counts: Counter) -> N
         if task.stop_requested_at and now - task.stop_requested_at > timedelta(
             seconds=conf.RECONCILE_GRACE
         ):
-            worker = _attempt_worker(task)
+            worker = task.current_worker_name()
             if worker and backend.stop_job(task.job_id, worker):
                 counts["stop_resent"] += 1
         return
@@ -120,14 +120,6 @@ def _owner_alive(task: Task, state: backend.JobState, now: datetime) -> bool:
     if state.status in ("queued", "started"):
         return state.status == "started" or now - leased_at < grace
     return state.ended_at is not None and now - state.ended_at < grace
-
-
-def _attempt_worker(task: Task) -> str | None:
-    return (
-        TaskAttempt.objects.filter(task=task, number=task.attempts)
-        .values_list("worker_name", flat=True)
-        .first()
-    )
 
 
 def _end_lost_attempt(task: Task, status: str | None, counts: Counter) -> None:

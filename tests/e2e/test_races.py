@@ -258,14 +258,6 @@ def test_race1_stop_racing_completion_leaves_exactly_one_truth(worker_process, a
 # --- race 3: the reconciler between a horse's final failure and its worker ---------------------
 
 
-def horse_exited(pid: int) -> bool:
-    """The horse is gone or a zombie (its stopped parent has not reaped it)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 @pytest.mark.timeout(120)
 def test_race3_reconciler_while_the_worker_records_keeps_the_real_final_failure(
     worker_process, markers
