@@ -47,3 +47,9 @@ def running(task: Task, attempt: int) -> contextvars.Token:
 
 def finished(token: contextvars.Token) -> None:
     _current.reset(token)
+
+
+def current_attempt() -> tuple[int, int] | None:
+    """(task id, attempt number) of the task this code runs in, or None outside a task."""
+    current = _current.get()
+    return None if current is None else (current.task.pk, current.attempt)

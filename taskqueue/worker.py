@@ -25,11 +25,13 @@ import os
 import select
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, connections, transaction
+from rq import worker_registration
 from rq.command import parse_payload
 from rq.job import Job
 from rq.queue import Queue
@@ -78,7 +80,7 @@ class Worker(RQWorker):
     _horse: Horse | None = None
     _running: Attempt | None = None
     _cold = False
-    _scheduler_checked = 0.0
+    _presence_checked = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("job_monitoring_interval", conf.JOB_MONITORING_INTERVAL)
@@ -98,23 +100,63 @@ class Worker(RQWorker):
     def dequeue_timeout(self) -> int:
         return min(super().dequeue_timeout, IDLE_WAKE_SECONDS)
 
-    def heartbeat(self, *args: Any, **kwargs: Any) -> None:
-        super().heartbeat(*args, **kwargs)
-        self._take_over_scheduler()
+    # Redis lost: RQ's loop quits on a Redis error anywhere but in its wait for a job; this
+    # worker carries on (the rows are the truth meanwhile) and waits there for Redis instead.
 
-    def _take_over_scheduler(self) -> None:
-        """Start RQ's scheduler here if this worker was started with it and none runs.
-
-        RQ tries only in its maintenance pass (every 10 minutes): retries and deferrals
-        would wait that long after the worker running the scheduler died.
-        """
-        scheduler = self.scheduler
-        if scheduler is None or time.monotonic() - self._scheduler_checked < IDLE_WAKE_SECONDS:
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline=pipeline)
             return
-        self._scheduler_checked = time.monotonic()
+        with self._redis_tolerated("heartbeat"):
+            super().heartbeat(timeout)
+        self._maintain_presence()
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            super().set_state(state, pipeline=pipeline)
+            return
+        with self._redis_tolerated("record its state"):
+            super().set_state(state)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        with self._redis_tolerated("check for suspension"):
+            super().check_for_suspension(burst)
+
+    def run_maintenance_tasks(self) -> None:
+        with self._redis_tolerated("run its maintenance"):
+            super().run_maintenance_tasks()
+
+    @contextlib.contextmanager
+    def _redis_tolerated(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except backend.RedisError as exc:
+            self.log.warning("Worker %s: could not %s, Redis failed: %s", self.name, doing, exc)
+
+    def _maintain_presence(self) -> None:
+        """Every IDLE_WAKE_SECONDS: be registered, and run RQ's scheduler if none runs.
+
+        A Redis that restarted empty forgot this worker (rq info, the dashboard and RQ's
+        cleanup would not see it); RQ takes over a dead worker's scheduler only in its
+        maintenance pass (every 10 minutes): retries and deferrals would wait that long.
+        """
+        if time.monotonic() - self._presence_checked < IDLE_WAKE_SECONDS:
+            return
+        self._presence_checked = time.monotonic()
+        with self._redis_tolerated("check its registration"):
+            if not self.connection.hexists(self.key, "birth"):
+                self.log.warning("Worker %s: Redis forgot this worker; registering", self.name)
+                with self.connection.pipeline() as pipeline:
+                    pipeline.hset(self.key, mapping=self.serialize())
+                    worker_registration.register(self, pipeline)
+                    pipeline.expire(self.key, self.worker_ttl + 60)
+                    pipeline.execute()
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
         process = scheduler._process  # RQ's own check in run_maintenance_tasks (rq 2.12)
         if process is None or not process.is_alive():
-            with contextlib.suppress(backend.RedisError):
+            with self._redis_tolerated("start the scheduler"):
                 scheduler.acquire_locks(auto_start=True)
 
     def get_heartbeat_ttl(self, job: Job) -> int:
@@ -259,8 +301,8 @@ class Worker(RQWorker):
 
     def _beat(self, attempt: Attempt, elapsed: float) -> None:
         """Heartbeat RQ and the task row; learn of a stop, or of the attempt ended elsewhere."""
-        self.set_current_job_working_time(elapsed)
         try:
+            self.set_current_job_working_time(elapsed)
             self.maintain_heartbeats(attempt.job)
         except backend.RedisError as exc:
             self.log.warning("Worker %s: heartbeat to Redis failed: %s", self.name, exc)

@@ -101,13 +101,19 @@ def dispatch(task: "Task", *, delay: int = 0) -> None:
 def delete_job(job_id: str) -> None:
     """Delete a job that has not started (queued or scheduled); a missing job is fine.
 
-    A job a worker is ending at this moment may lose its execution under RQ's feet, which
-    RQ reports as ValueError ("Execution ... not found"): the job is going away either way.
+    RQ fails half-way (ValueError, "Execution ... not found") when one of the job's
+    executions has expired, as an abandoned job's has, or is ending under its feet: the job
+    has left its queue and registries by then, and what is left of it is deleted here.
     """
     connection = get_connection()
     try:
-        Job.fetch(job_id, connection=connection).delete(remove_from_queue=True)
-    except (NoSuchJobError, InvalidJobOperation, ValueError):
+        job = Job.fetch(job_id, connection=connection)
+        try:
+            job.delete(remove_from_queue=True)
+        except ValueError:
+            keys = (job.key, job.dependents_key, job.dependencies_key)
+            connection.delete(*keys, job.execution_registry.key)
+    except (NoSuchJobError, InvalidJobOperation):
         pass
     except RedisError as exc:
         raise QueueUnavailable(f"Could not cancel job {job_id}: {exc}") from exc

@@ -188,6 +188,9 @@ PARAMETER_TYPES = {
     "v_finished_at": "timestamptz",
     "v_stop_requested_at": "timestamptz",
     "v_cancelled_by": "bigint",
+    "v_error_code": "varchar",
+    "v_error_message": "text",
+    "v_error_traceback": "text",
 }
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 # The statements prepared on each PostgreSQL connection (inherited by work horses).

@@ -191,8 +191,11 @@ class Task(models.Model):
         return self.attempts
 
     def complete(self, *, attempt: int, result: dict[str, Any]) -> bool:
-        """leased → completed with the handler's JSON result (a stop asked for lost the race)."""
-        values = {"result": result, **self.STOP_LOST}
+        """leased → completed with the handler's JSON result (a stop asked for lost the race).
+
+        An earlier attempt's error is cleared: it stays on that attempt's row.
+        """
+        values = {"result": result, **self.NO_ERROR, **self.STOP_LOST}
         return self._end_attempt(attempt, self.Status.COMPLETED, values)
 
     def fail(
@@ -226,6 +229,7 @@ class Task(models.Model):
 
     # What an attempt that ended by itself clears: a stop asked for lost the race to it.
     STOP_LOST = {"stop_requested_at": None, "cancelled_by": None}
+    NO_ERROR = {"error_code": "", "error_message": "", "error_traceback": ""}
 
     def _cancel_if_stop_requested(self) -> bool:
         """retrying → cancelled if a stop was asked for while the failed attempt ran."""

@@ -123,31 +123,37 @@ def _owner_alive(task: Task, state: backend.JobState, now: datetime) -> bool:
 
 
 def _end_lost_attempt(task: Task, status: str | None, counts: Counter) -> None:
-    """The attempt's owner is gone and nobody recorded its end: record it now."""
+    """The attempt's owner is gone and nobody recorded its end: record it now.
+
+    The attempt's job is then deleted, whatever the end: RQ's own cleanup may have
+    scheduled it for a retry of its own (the job carries RQ's Retry), which would run a
+    job whose attempt is over.
+    """
+    stale = task.job_id
     if task.stop_requested_at:
-        if task.stopped(attempt=task.attempts):
-            counts["stopped"] += 1
-        return
-    code = "redis_lost" if status is None else "worker_lost"
-    retry = task.attempts < task.max_attempts
-    message = (
-        "Redis lost the job of this attempt, and its worker stopped heartbeating."
-        if status is None
-        else f"The worker running this attempt was lost (RQ status: {status})."
-    )
-    if not task.fail(
-        attempt=task.attempts,
-        error_code=code,
-        error_message=message,
-        retry_at=timezone.now() if retry else None,
-    ):
-        return
-    counts[code] += 1
-    if retry and task.status == Task.Status.RETRYING:
-        stale = task.job_id
-        _redispatch(task, counts, "redispatched")  # a new generation: the old job never runs
-        with contextlib.suppress(QueueUnavailable):
-            backend.delete_job(stale)
+        if not task.stopped(attempt=task.attempts):
+            return
+        counts["stopped"] += 1
+    else:
+        code = "redis_lost" if status is None else "worker_lost"
+        retry = task.attempts < task.max_attempts
+        message = (
+            "Redis lost the job of this attempt, and its worker stopped heartbeating."
+            if status is None
+            else f"The worker running this attempt was lost (RQ status: {status})."
+        )
+        if not task.fail(
+            attempt=task.attempts,
+            error_code=code,
+            error_message=message,
+            retry_at=timezone.now() if retry else None,
+        ):
+            return
+        counts[code] += 1
+        if retry and task.status == Task.Status.RETRYING:
+            _redispatch(task, counts, "redispatched")  # a new generation: a new job
+    with contextlib.suppress(QueueUnavailable):
+        backend.delete_job(stale)
 
 
 def _redispatch(task: Task, counts: Counter, action: str) -> None:

@@ -453,6 +453,40 @@ def test_race4_a_stale_stop_does_not_turn_a_later_attempts_failure_into_stopped(
     assert len(starts(marker)) == 1, f"an attempt ran after the cancel was answered: {story}"
 
 
+@pytest.mark.timeout(60)
+def test_race4_an_attempt_the_reconciler_ends_leaves_no_job_behind(worker_process, markers):
+    """Found by the soak: a whole worker is SIGKILLed mid-task and the task is cancelled
+    meanwhile; the reconciler's pass ends the attempt `stopped` (the task `cancelled`), but
+    RQ's own cleanup of the abandoned job, in that same pass, had scheduled it for a retry
+    of RQ's own: later a worker ran that job (skipped) and RQ called a cancelled task's job
+    `finished`. Once the reconciler ends an attempt, no job of it is left to run."""
+    marker = new_marker("r4j")
+    markers.append(marker)
+    worker = worker_process(**FAST)
+    workers_registered(1)
+    task, _ = enqueue_task("diagnostic", {"action": "sleep", "seconds": 5, "marker": marker})
+    wait_for(lambda: starts(marker), timeout=20)
+    os.killpg(worker.pid, signal.SIGKILL)  # the horse dies with it
+    assert cancel_task(task.pk, wait=0) == STOPPING  # nobody can honour it: the reconciler will
+    time.sleep(4.5)  # the heartbeat is silent past 1 + 2 s (FAST); RQ's TTL has expired too
+    actions = reconcile_once()
+    after_pass = backend.job_states([task.job_id])[task.job_id].status
+    worker_process("--with-scheduler", **FAST)
+    workers_registered(1)
+    time.sleep(4)  # time for a retry RQ scheduled to be run (its backoff here is 0)
+    later = backend.job_states([task.job_id])[task.job_id].status
+    task.refresh_from_db()
+    attempts = [(a.number, a.outcome) for a in task.attempt_set.all()]
+    story = (
+        f"task {task.pk}: {task.status} {attempts}; reconciler {actions}; RQ job status "
+        f"after the pass {after_pass}, 4 s after a new worker started {later}"
+    )
+    assert (task.status, attempts) == ("cancelled", [(1, "stopped")]), story
+    assert after_pass not in ("queued", "scheduled", "deferred", "started"), story
+    assert later not in ("queued", "scheduled", "deferred", "started", "finished"), story
+    assert len(starts(marker)) == 1, story
+
+
 # --- race 5: a stop sent just after the lease -----------------------------------------------------
 
 
@@ -560,6 +594,41 @@ def test_race2_redis_restarted_empty_while_a_task_runs_does_not_run_it_twice(
     assert final is not None and final.status == "completed", f"not completed: {story}"
     assert attempts == [(1, "completed", "")], f"the real outcome was not recorded: {story}"
     assert all(alive_workers), f"a worker did not survive the Redis restart: {story}"
+
+
+@pytest.mark.timeout(100)
+def test_redis_down_when_a_task_ends_does_not_stop_the_worker(
+    worker_process, private_redis, markers
+):
+    """Redis dies while a task runs and is still down when it ends (found by the soak: RQ's
+    loop quits on a Redis error after a job). The worker records the task, waits for Redis,
+    registers itself again in the empty Redis and runs the next task."""
+    from rq.worker import Worker
+
+    private_redis.start()
+    worker = worker_process(REDIS_URL=private_redis.url, **FAST)
+    marker = new_marker("redis-down")
+    markers.append(marker)
+    with override_settings(REDIS_URL=private_redis.url):
+        workers_registered(1)
+        payload = {"action": "sleep", "seconds": 1.5, "marker": marker}
+        task, _ = enqueue_task("diagnostic", payload)
+        assert poll(lambda: starts(marker), timeout=20), "the task never started"
+        private_redis.kill()
+        recorded = wait_terminal(task, timeout=10)
+        time.sleep(3)  # Redis still down after the job: the worker's bookkeeping fails
+        alive_while_down = worker.poll() is None
+        private_redis.start()
+        registered = poll(lambda: Worker.all(connection=backend.get_connection()), timeout=20)
+        after, _ = enqueue_task("diagnostic", {"action": "succeed"})
+        final = wait_terminal(after, timeout=30)
+    story = (
+        f"recorded {recorded and recorded.status}; alive while Redis was down: {alive_while_down}"
+    )
+    assert recorded is not None and recorded.status == "completed", story
+    assert alive_while_down and worker.poll() is None, f"the worker quit: {story}"
+    assert registered, f"the worker never registered again in the restarted Redis: {story}"
+    assert final is not None and final.status == "completed", f"next task: {final}; {story}"
 
 
 # --- race 6: retries that depend on one worker's scheduler -----------------------------------

@@ -169,6 +169,8 @@ def test_the_hot_statements_are_prepared_once_and_survive_being_deallocated() ->
             cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'taskq%%'")
             return cursor.fetchone()[0]
 
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")  # what earlier tests on this session prepared
     first, second = make(S.QUEUED), make(S.QUEUED)
     assert first.lease(dispatch=0, worker_name="w") == 1
     assert first.complete(attempt=1, result={"n": 1}) is True

@@ -1,0 +1,1 @@
+"""The soak: 20,000 tasks through real workers under chaos (`python -m tests.soak.run`)."""
