@@ -140,6 +140,16 @@ def acquire_lock(name: str, token: str, ttl: int) -> bool:
     return bool(lock.acquire(blocking=False, token=token))
 
 
+def extend_lock(name: str, token: str, ttl: int) -> bool:
+    """Give the lock `name` `ttl` more seconds if `token` still holds it."""
+    lock = get_connection().lock(LOCK_PREFIX + name, timeout=ttl)
+    lock.local.token = token.encode()
+    try:
+        return bool(lock.reacquire())
+    except LockError:
+        return False
+
+
 def release_lock(name: str, token: str) -> bool:
     """Release the lock `name` if `token` still holds it; False if it did not."""
     lock = get_connection().lock(LOCK_PREFIX + name)

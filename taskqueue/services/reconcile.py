@@ -21,6 +21,11 @@ from taskqueue.models import Task
 logger = logging.getLogger(__name__)
 
 LOCK = "reconcile"
+# The lock is short and extended as a pass goes (every LOCK_EXTEND_EVERY tasks), so that a
+# reconciler killed mid-pass (its worker SIGKILLed) holds up the next pass seconds, not
+# minutes. Two passes at once would be safe (every transition is conditional), only wasted.
+LOCK_TTL = 30
+LOCK_EXTEND_EVERY = 100
 # Job states in which RQ will still run (or is running) the job.
 PENDING = {"queued", "scheduled", "deferred", "started"}
 
@@ -29,14 +34,14 @@ def reconcile_tasks(*, limit: int | None = None) -> dict[str, int]:
     """One reconciliation pass; returns how many tasks each action touched."""
     token = uuid.uuid4().hex
     try:
-        if not backend.acquire_lock(LOCK, token, ttl=300):
+        if not backend.acquire_lock(LOCK, token, ttl=LOCK_TTL):
             logger.info("Another reconciler is running; skipping this pass")
             return {"skipped": 1}
     except backend.RedisError as exc:
         logger.warning("Reconciler: Redis unreachable (%s); will try again", exc)
         return {"redis_unavailable": 1}
     try:
-        counts = _reconcile(limit or conf.RECONCILE_BATCH)
+        counts = _reconcile(limit or conf.RECONCILE_BATCH, token)
     except (backend.RedisError, QueueUnavailable) as exc:
         logger.warning("Reconciler: Redis failed mid-pass (%s); will try again", exc)
         counts = Counter(redis_unavailable=1)
@@ -50,7 +55,7 @@ def reconcile_tasks(*, limit: int | None = None) -> dict[str, int]:
     return dict(counts)
 
 
-def _reconcile(limit: int) -> Counter:
+def _reconcile(limit: int, token: str) -> Counter:
     counts: Counter = Counter()
     backend.clean_started_registries()
     now = timezone.now()
@@ -61,8 +66,14 @@ def _reconcile(limit: int) -> Counter:
     )
     leased = list(Task.objects.leased().order_by("leased_at")[:limit])
     states = backend.job_states([task.job_id for task in waiting + leased])
-    for task in waiting:
+    for n, task in enumerate(waiting + leased, start=1):
+        if n % LOCK_EXTEND_EVERY == 0 and not backend.extend_lock(LOCK, token, ttl=LOCK_TTL):
+            logger.warning("Reconciler: lost its lock mid-pass; stopping this pass")
+            break
         state = states[task.job_id]
+        if task.status == Task.Status.LEASED:
+            _reconcile_leased(task, state, counts)
+            continue
         if state.status not in PENDING:
             _redispatch(task, counts, "dispatched")
         elif state.status == "scheduled" and _overdue(state, now):
@@ -72,8 +83,6 @@ def _reconcile(limit: int) -> Counter:
             _redispatch(task, counts, "overdue_dispatched")
             with contextlib.suppress(QueueUnavailable):
                 backend.delete_job(stale)
-    for task in leased:
-        _reconcile_leased(task, states[task.job_id], counts)
     return counts
 
 

@@ -21,12 +21,14 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import psutil
 import pytest
 from django.conf import settings
 from django.test import override_settings
+from django.utils import timezone
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
@@ -629,6 +631,43 @@ def test_redis_down_when_a_task_ends_does_not_stop_the_worker(
     assert alive_while_down and worker.poll() is None, f"the worker quit: {story}"
     assert registered, f"the worker never registered again in the restarted Redis: {story}"
     assert final is not None and final.status == "completed", f"next task: {final}; {story}"
+
+
+@pytest.mark.timeout(60)
+def test_a_reconciler_killed_mid_pass_holds_up_the_next_pass_seconds_not_minutes(redis_db):
+    """Found by the soak: a worker SIGKILLed while its horse ran a reconcile pass left the
+    reconciler's lock for its 300 s TTL, and 4,386 tasks whose jobs Redis had lost waited
+    all that time. Here `manage.py reconcile_tasks` dispatches 1,000 such tasks and is
+    SIGKILLed mid-pass: the lock it leaves must expire within 30 s, and the next pass,
+    once it has, finishes the work."""
+    from taskqueue.services.reconcile import LOCK
+
+    old = timezone.now() - timedelta(minutes=5)
+    Task.objects.bulk_create(
+        [Task(task_type="ping", created_at=old, updated_at=old) for _ in range(1000)]
+    )
+    key = backend.LOCK_PREFIX + LOCK
+    connection = backend.get_connection()
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "reconcile_tasks"], cwd=ROOT, env=subprocess_env()
+    )
+    try:
+        assert poll(lambda: connection.exists(key), timeout=20), "the pass never started"
+        dispatched = poll(lambda: Task.objects.filter(dispatch=1).count() >= 20, timeout=20)
+        process.kill()
+    finally:
+        process.wait()
+    left = connection.ttl(key)
+    done = Task.objects.filter(dispatch=1).count()
+    story = f"killed after {done} of 1000 dispatches; the lock's TTL then: {left} s"
+    assert dispatched and done < 1000, f"the pass was not killed half-way: {story}"
+    assert 0 < left <= 30, story
+    assert poll(lambda: not connection.exists(key), timeout=35), story
+    actions = reconcile_once(grace=30)
+    story += f"; next pass: {actions}"
+    # The rest, and the one whose row was updated when the kill came before its enqueue.
+    assert 1000 - done <= actions.get("dispatched", 0) <= 1001 - done, story
+    assert not Task.objects.filter(dispatch=0).exists(), story
 
 
 # --- race 6: retries that depend on one worker's scheduler -----------------------------------
