@@ -4,9 +4,11 @@ The event stream endpoint (`…/tasks/{id}/events`) relays them to clients; a lo
 costs nothing durable (the database has the state), so publishing never fails a caller.
 """
 
+import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
@@ -43,11 +45,60 @@ def task_changed(task: "Task") -> None:
     transaction.on_commit(lambda: _publish(task))
 
 
+# Events kept by `held()` for the caller's next Redis pipeline: (channel, message).
+_held: list[tuple[str, str]] | None = None
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Keep the events published within, for `send_held(pipeline)` to send in a pipeline
+    the caller runs anyway (the worker: no round trip of their own); what is left is
+    published on the way out."""
+    global _held
+    outer, _held = _held, []
+    try:
+        yield
+    finally:
+        left, _held = _held, outer
+        if left:
+            from taskqueue import backend
+
+            try:
+                with backend.get_connection().pipeline(transaction=False) as pipeline:
+                    _send(left, pipeline)
+                    pipeline.execute()
+            except backend.RedisError as exc:
+                logger.debug("%d events not published: %s", len(left), exc)
+
+
+def forget_held() -> None:
+    """In a process forked inside `held()` (a work horse): those events are the parent's to
+    send; this process publishes its own at once."""
+    global _held  # noqa: PLW0603 (one list per process, by design)
+    _held = None
+
+
+def send_held(pipeline: Any) -> None:
+    """Add the events kept so far to `pipeline` (they are sent when it executes)."""
+    if _held:
+        _send(_held, pipeline)
+        _held.clear()
+
+
+def _send(events: list[tuple[str, str]], pipeline: Any) -> None:
+    for name, message in events:
+        pipeline.publish(name, message)
+
+
 def _publish(task: "Task") -> None:
     from taskqueue import backend
 
     name = channel(task.pk)
+    message = json.dumps(snapshot(task), cls=DjangoJSONEncoder)
+    if _held is not None:
+        _held.append((name, message))
+        return
     try:
-        backend.get_connection().publish(name, json.dumps(snapshot(task), cls=DjangoJSONEncoder))
+        backend.get_connection().publish(name, message)
     except backend.RedisError as exc:
         logger.debug("Event for %s not published: %s", name, exc)

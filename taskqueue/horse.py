@@ -27,7 +27,7 @@ from typing import Any
 from django.db import connections
 from rq.timeouts import JobTimeoutException
 
-from taskqueue import backend
+from taskqueue import backend, events
 from taskqueue.execution import failure, perform
 
 logger = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ def _become_horse(parent: int) -> None:
         os._exit(1)
     for connection in connections.all(initialized_only=True):
         connection.connection = None  # the worker's (it closed them); never ours to close
+    events.forget_held()
 
 
 def _serve(jobs: int, reports: int, worker_name: str) -> None:

@@ -2,9 +2,10 @@
 
 For each job of a task the worker (this process) does everything but run the handler:
 
-1. RQ's bookkeeping of a started job (execution, started registry, heartbeats);
-2. the lease: queued/retrying → leased, one statement (an exclusive type's unique index
+1. the lease: queued/retrying → leased, one statement (an exclusive type's unique index
    refuses a second leased task of the type: the task is deferred);
+2. RQ's bookkeeping of a started job (execution, started registry, heartbeats), with the
+   lease's event, in one pipeline;
 3. hands the task to its long-lived work horse (taskqueue.horse) and waits for the
    outcome, heartbeating RQ and the task row (`heartbeat_at`, which also brings back a stop
    asked for while pub/sub was down) every JOB_MONITORING_INTERVAL;
@@ -40,7 +41,7 @@ from rq.utils import now as rq_now
 from rq.worker import Worker as RQWorker
 from rq.worker import WorkerStatus
 
-from taskqueue import backend
+from taskqueue import backend, events
 from taskqueue.conf import conf
 from taskqueue.execution import (
     COMPLETED,
@@ -63,6 +64,7 @@ STOPPED = "stopped"
 IDLE_WAKE_SECONDS = 10
 # Heartbeats of an idle or between-jobs worker closer together than this are skipped.
 HEARTBEAT_SPACING = 1.0
+SUSPENSION_CHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Worker(RQWorker):
     _cold = False
     _presence_checked = 0.0
     _beaten_at = 0.0
+    _suspension_checked = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("job_monitoring_interval", conf.JOB_MONITORING_INTERVAL)
@@ -127,8 +130,12 @@ class Worker(RQWorker):
             super().set_state(state)
 
     def check_for_suspension(self, burst: bool) -> None:
+        # RQ asks Redis before every job; once a second is soon enough for `rq suspend`.
+        if time.monotonic() - self._suspension_checked < SUSPENSION_CHECK_SECONDS:
+            return
         with self._redis_tolerated("check for suspension"):
             super().check_for_suspension(burst)
+            self._suspension_checked = time.monotonic()
 
     def run_maintenance_tasks(self) -> None:
         with self._redis_tolerated("run its maintenance"):
@@ -220,13 +227,8 @@ class Worker(RQWorker):
             return
         self._running = attempt = Attempt(job=job, queue=queue)  # stops count from here
         try:
-            try:
-                self._mark_started(job, queue)
-            except backend.RedisError as exc:  # the row is the truth: run it all the same
-                self.log.warning(
-                    "Worker %s: could not mark job %s started: %s", self.name, job.id, exc
-                )
-            self._execute_attempt(attempt)
+            with events.held():  # the attempt's events go out in this worker's pipelines
+                self._execute_attempt(attempt)
         finally:
             self._running = None  # (RQ's wait for the next job marks this worker idle)
         if self._cold:
@@ -234,19 +236,25 @@ class Worker(RQWorker):
 
     def _mark_started(self, job: Job, queue: Queue) -> None:
         """RQ's bookkeeping of a started job (its prepare_execution, then what its horse
-        does in prepare_job_execution) in one round trip to Redis instead of two."""
+        does in prepare_job_execution) and the lease's event: one round trip to Redis."""
         ttl = self.get_heartbeat_ttl(job)
-        with self.connection.pipeline() as pipeline:
-            self.execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=self.name)
-            super().set_state(WorkerStatus.BUSY, pipeline=pipeline)
-            self.set_current_job_id(job.id, pipeline=pipeline)
-            self.set_current_job_working_time(0, pipeline=pipeline)
-            super().heartbeat(ttl, pipeline=pipeline)
-            job.heartbeat(rq_now(), ttl, pipeline=pipeline)
-            job.prepare_for_execution(self.name, pipeline=pipeline)
-            if len(self.queues) == 1:  # RQ's rule (perform_job)
-                pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
-            pipeline.execute()
+        try:
+            with self.connection.pipeline() as pipeline:
+                self.execution = Execution.create(
+                    job, ttl, pipeline=pipeline, worker_name=self.name
+                )
+                super().set_state(WorkerStatus.BUSY, pipeline=pipeline)
+                self.set_current_job_id(job.id, pipeline=pipeline)
+                self.set_current_job_working_time(0, pipeline=pipeline)
+                super().heartbeat(ttl, pipeline=pipeline)
+                job.heartbeat(rq_now(), ttl, pipeline=pipeline)
+                job.prepare_for_execution(self.name, pipeline=pipeline)
+                if len(self.queues) == 1:  # RQ's rule (perform_job)
+                    pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+                events.send_held(pipeline)
+                pipeline.execute()
+        except backend.RedisError as exc:  # the row is the truth: run it all the same
+            self.log.warning("Worker %s: could not mark job %s started: %s", self.name, job.id, exc)
         self._beaten_at = time.monotonic()
 
     def _execute_attempt(self, attempt: Attempt) -> None:
@@ -257,12 +265,15 @@ class Worker(RQWorker):
                 task_id, dispatch=dispatch, worker_name=self.name, heartbeats=True
             )
         except IntegrityError:  # another task of this exclusive type is running
+            self._mark_started(job, queue)
             self._rq_finished(job, queue, defer(task_id))
             return
         except DatabaseError as exc:
             close_connections()
+            self._mark_started(job, queue)
             self._rq_failed(job, queue, f"Could not lease task {task_id}: {exc}", retry=False)
             return
+        self._mark_started(job, queue)
         if attempt.task is None:
             self._rq_finished(job, queue, skip(task_id, dispatch))
             return
@@ -388,6 +399,7 @@ class Worker(RQWorker):
                 )
             job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
             self.cleanup_execution(job, pipeline=pipeline)
+            events.send_held(pipeline)
             pipeline.execute()
         self.log.info(
             "Successfully completed %s job in %ss on worker %s",

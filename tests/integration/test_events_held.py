@@ -1,0 +1,58 @@
+"""Events the worker keeps for its own pipelines (`events.held`): sent once, never lost."""
+
+import json
+import time
+
+import pytest
+
+from taskqueue import backend, events
+from taskqueue.models import Task
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def subscribed(task: Task):
+    pubsub = backend.get_connection().pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(events.channel(task.pk))
+    pubsub.get_message(timeout=1)  # the subscription's confirmation
+    return pubsub
+
+
+def received(pubsub, wait: float = 0.5) -> list[str]:
+    statuses, deadline = [], time.monotonic() + wait
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.05)
+        if message:
+            statuses.append(json.loads(message["data"])["status"])
+    return statuses
+
+
+def test_held_events_go_out_in_the_callers_pipeline_and_only_then(redis_db) -> None:
+    task = Task.objects.create(task_type="ping")
+    pubsub = subscribed(task)
+    with events.held():
+        assert task.lease(dispatch=0, worker_name="w") is not None
+        assert received(pubsub, wait=0.2) == []  # kept, not published
+        with backend.get_connection().pipeline() as pipeline:
+            events.send_held(pipeline)
+            pipeline.execute()
+        assert received(pubsub) == ["leased"]
+    assert received(pubsub, wait=0.2) == []  # sent once
+
+
+def test_held_events_left_unsent_are_published_on_the_way_out(redis_db) -> None:
+    task = Task.objects.create(task_type="ping")
+    pubsub = subscribed(task)
+    with events.held():
+        task.lease(dispatch=0, worker_name="w")
+        task.complete(attempt=1, result={"pong": True})
+    assert received(pubsub) == ["leased", "completed"]
+
+
+def test_a_forked_horse_publishes_its_own_events_at_once(redis_db) -> None:
+    task = Task.objects.create(task_type="ping")
+    pubsub = subscribed(task)
+    with events.held():
+        events.forget_held()  # what the horse does after the fork
+        task.lease(dispatch=0, worker_name="w")
+        assert received(pubsub) == ["leased"]
