@@ -36,6 +36,7 @@ lint: install-dev
 
 bench: install-dev
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	$(BIN)/pip install -q -r bench/requirements.txt
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 soak: install-dev

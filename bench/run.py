@@ -57,6 +57,7 @@ class Bench:
             "VAR_DIR": str(workdir),
             "ENQUEUE_THROTTLE_RATE": "100000000/min",
             "TASKQUEUE_MAX_ACTIVE_PER_TYPE": "100000",
+            "TASKQUEUE_DIAGNOSTICS": "1",  # the limits scenario's sleeping task
             "LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT),
         }
@@ -94,20 +95,34 @@ class Bench:
         for process in list(self.processes):
             self.stop(process)
 
-    def workers(self, count: int) -> list[subprocess.Popen]:
+    def workers(self, count: int, worker_class: str | None = None) -> list[subprocess.Popen]:
         from rq.worker import Worker
 
         from taskqueue import backend
 
-        started = [
-            self.start([PYTHON, "manage.py", "rqworker", "high", "default", "low"], f"worker-{n}")
-            for n in range(count)
-        ]
+        command = [PYTHON, "manage.py", "rqworker", "high", "default", "low"]
+        if worker_class:
+            command += ["--worker-class", worker_class]
+        started = [self.start(command, f"worker-{n}") for n in range(count)]
         deadline = time.monotonic() + 60
         while len(Worker.all(connection=backend.get_connection())) < count:
             if time.monotonic() > deadline:
                 raise RuntimeError("workers did not start")
             time.sleep(0.1)
+        return started
+
+    def celery_workers(self, count: int, reuse_max: str | None) -> list[subprocess.Popen]:
+        """One Celery worker with a prefork pool of `count` processes."""
+        from bench.celery_app import app
+
+        env = {"CELERY_DB_REUSE_MAX": reuse_max} if reuse_max else {}
+        command = [PYTHON, "-m", "celery", "-A", "bench.celery_app", "worker", "--pool",
+                   "prefork", "--concurrency", str(count), "--loglevel", "WARNING"]  # fmt: skip
+        started = [self.start(command, f"celery-{count}", **env)]
+        deadline = time.monotonic() + 60
+        while not app.control.ping(timeout=0.5):
+            if time.monotonic() > deadline:
+                raise RuntimeError("celery did not start")
         return started
 
     # -- set-up ------------------------------------------------------------------------
@@ -231,38 +246,42 @@ class Bench:
                 backend.get_queue("default").empty()
         return rows
 
+    # What each throughput run starts and runs: (kind of worker, its option).
+    THROUGHPUT_KINDS = {
+        "ping task (mirrored)": ("rq", None),
+        "raw RQ no-op, forking Worker": ("rq", "rq.worker.Worker"),
+        "raw RQ no-op, SimpleWorker": ("rq", "rq.worker.SimpleWorker"),
+        "Celery prefork + django-celery-results": ("celery", None),
+        "Celery prefork + django-celery-results, CELERY_DB_REUSE_MAX=1000": ("celery", "1000"),
+    }
+
     def throughput(self) -> dict:
         from django.db import connection
 
-        from taskqueue import backend
-        from taskqueue.models import Task
-        from taskqueue.services import enqueue_task
-
         count = 500 if self.quick else 2000
         results: dict = {"tasks": count}
+        try:
+            import bench.celery_app  # noqa: F401
+        except ImportError:
+            log("2. throughput: Celery is not installed (bench/requirements.txt): skipped")
+            celery = False
+        else:
+            celery = True
         for n in self.worker_counts:
-            workers = self.workers(n)
-            for kind in ("raw RQ no-op", "ping task (mirrored)"):
+            for kind, (engine, option) in self.THROUGHPUT_KINDS.items():
+                if engine == "celery" and not celery:
+                    continue
+                if engine == "rq":
+                    workers = self.workers(n, worker_class=option)
+                else:
+                    workers = self.celery_workers(n, reuse_max=option)
                 runs, costs = [], []
                 for _ in range(self.repeats):
-                    Task.objects.all().delete()
+                    self.clear_results()
                     before = self.counters()
                     cpu_before = self.cpu(workers)
                     started = time.perf_counter()
-                    if kind.startswith("raw"):
-                        queue = backend.get_queue("default")
-                        registry = queue.finished_job_registry
-                        base = registry.count
-                        for _ in range(count):
-                            queue.enqueue("bench.jobs.noop", result_ttl=600)
-                        while registry.count - base < count:
-                            time.sleep(0.02)
-                    else:
-                        for _ in range(count):
-                            enqueue_task("ping")
-                        done = Task.objects.filter(status="completed")
-                        while done.count() < count:
-                            time.sleep(0.05)
+                    self.drain(kind, count)
                     runs.append(count / (time.perf_counter() - started))
                     cpu = self.cpu_per_task(cpu_before, self.cpu(workers), count)
                     time.sleep(1.2)  # PostgreSQL publishes its counters about every second
@@ -273,10 +292,55 @@ class Bench:
                     **{k: statistics.median(c[k] for c in costs) for k in costs[0]},
                 }
                 log(f"2. throughput: {kind}, {n} workers: {statistics.median(runs):.0f}/s")
-            for worker in workers:
-                self.stop(worker)
+                for worker in workers:
+                    self.stop(worker)
         results["database"] = connection.vendor
         return results
+
+    def clear_results(self) -> None:
+        from django.db import connection
+
+        from taskqueue.models import Task
+
+        Task.objects.all().delete()
+        if "django_celery_results_taskresult" in connection.introspection.table_names():
+            with connection.cursor() as cursor:
+                cursor.execute("DELETE FROM django_celery_results_taskresult")
+
+    def drain(self, kind: str, count: int) -> None:
+        """Enqueue `count` jobs of `kind` and return once all have completed."""
+        from django.db import connection
+
+        from taskqueue import backend
+        from taskqueue.models import Task
+        from taskqueue.services import enqueue_task
+
+        if kind.startswith("raw"):
+            queue = backend.get_queue("default")
+            registry = queue.finished_job_registry
+            base = registry.count
+            for _ in range(count):
+                queue.enqueue("bench.jobs.noop", result_ttl=600)
+            while registry.count - base < count:
+                time.sleep(0.02)
+        elif kind.startswith("Celery"):
+            from bench.celery_app import noop
+
+            for _ in range(count):
+                noop.delay()
+            sql = "SELECT count(*) FROM django_celery_results_taskresult WHERE status = 'SUCCESS'"
+            while True:
+                with connection.cursor() as cursor:
+                    cursor.execute(sql)
+                    if cursor.fetchone()[0] >= count:
+                        break
+                time.sleep(0.05)
+        else:
+            for _ in range(count):
+                enqueue_task("ping")
+            done = Task.objects.filter(status="completed")
+            while done.count() < count:
+                time.sleep(0.05)
 
     def counters(self) -> dict:
         from django.db import connection
@@ -401,32 +465,81 @@ class Bench:
         return rows
 
     def memory(self) -> dict:
+        """Worker + horse RSS sampled every 1,000 tasks (after the first 1,000: warm-up)."""
         from taskqueue.models import Task
         from taskqueue.services import enqueue_task
 
-        count = 2000 if self.quick else 10_000
-        log(f"5. memory: {count} tasks through one worker, {count} POSTs to the web")
+        count = 4000 if self.quick else 20_000
+        requests = 2000 if self.quick else 10_000
+        log(f"5. memory: {count} tasks through one worker, {requests} POSTs to the web")
         web = list(psutil.Process(self.web.pid).children(recursive=True))
         web_rest = sum(p.memory_info().rss for p in web)
         (worker,) = self.workers(1)
         parent = psutil.Process(worker.pid)
-        worker_rest = parent.memory_info().rss
+
+        def rss() -> float:
+            processes = [parent, *parent.children(recursive=True)]
+            return sum(p.memory_info().rss for p in processes if p.is_running()) / 2**20
+
         Task.objects.all().delete()
-        for _ in range(count):
-            enqueue_task("ping")
         done = Task.objects.filter(status="completed")
-        while done.count() < count:
-            time.sleep(0.2)
-        worker_after = parent.memory_info().rss
+        samples = []
+        for batch in range(count // 1000):
+            for _ in range(1000):
+                enqueue_task("ping")
+            while done.count() < (batch + 1) * 1000:
+                time.sleep(0.1)
+            samples.append(round(rss(), 1))
         self.stop(worker)
-        seconds = max(3, count // 1000)
-        self.wrk("/api/system/maintenance/health-check", 8, seconds, WRK_METHOD="POST")
+        self.wrk("/api/system/maintenance/health-check", 8, max(3, requests // 1000),
+                 WRK_METHOD="POST")  # fmt: skip
         web_after = sum(p.memory_info().rss for p in web)
-        mib = 2**20
+        steady = samples[1:] or samples
         return {
             "tasks": count,
-            "worker_rss_mib": [round(worker_rest / mib, 1), round(worker_after / mib, 1)],
-            "web_rss_mib": [round(web_rest / mib, 1), round(web_after / mib, 1)],
+            "requests": requests,
+            "worker_rss_samples_mib": samples,
+            "worker_rss_spread_pct": round((max(steady) - min(steady)) / min(steady) * 100, 1),
+            "web_rss_mib": [round(web_rest / 2**20, 1), round(web_after / 2**20, 1)],
+        }
+
+    def limits(self) -> dict:
+        """A 2 s timeout on a handler that sleeps 10 s, and a stop of a running task, on one
+        worker: when each attempt really ended, and whether the next task had a new horse."""
+        from taskqueue.models import Task
+        from taskqueue.services import cancel_task, enqueue_task
+
+        repeats = 3 if self.quick else 5
+        log(f"6. limits: {repeats} timeouts and {repeats} stops")
+        (worker,) = self.workers(1)
+
+        def run(task_type: str, payload: dict | None = None, **options: int) -> Task:
+            task, _ = enqueue_task(task_type, payload, **options)
+            while Task.objects.get(pk=task.pk).status not in ("completed", "failed", "cancelled"):
+                time.sleep(0.01)
+            return Task.objects.get(pk=task.pk)
+
+        timeouts, fresh, stops = [], [], []
+        for _ in range(repeats):
+            before = run("ping").result["pid"]
+            task = run("diagnostic", {"action": "sleep", "seconds": 10}, timeout=2, max_attempts=1)
+            attempt = task.attempt_set.get()
+            timeouts.append((attempt.finished_at - attempt.started_at).total_seconds())
+            fresh.append(run("ping").result["pid"] != before and task.error_code == "timeout")
+        for _ in range(repeats):
+            task, _ = enqueue_task("diagnostic", {"action": "sleep", "seconds": 60}, max_attempts=1)
+            while Task.objects.get(pk=task.pk).status != "leased":
+                time.sleep(0.005)
+            time.sleep(0.3)  # the handler is asleep
+            asked = time.perf_counter()
+            answer = cancel_task(task.pk, wait=5)
+            stops.append((time.perf_counter() - asked, answer))
+        self.stop(worker)
+        return {
+            "timeout_s": [round(t, 2) for t in timeouts],
+            "next_task_fresh_horse": fresh,
+            "stop_s": [round(t, 3) for t, _ in stops],
+            "stop_answers": [a for _, a in stops],
         }
 
     def operations(self) -> dict:
@@ -537,36 +650,7 @@ def markdown(results: dict) -> str:
                 f"| {label} | {c} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} "
                 f"| {r['rps']:.0f} | {f'{ratio:.2f}×' if ratio else '—'} |"
             )
-    thr = results["throughput"]
-    out += [
-        "",
-        f"### 2. End-to-end throughput ({thr['tasks']} tasks, enqueue to last completed)",
-        "",
-        "| workers | raw RQ no-op /s | ping task /s | ratio | DB commits / task | DB rows / task | Redis cmds / task (raw → ping) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for n in ("1", "2", "4"):
-        raw, ping = thr["raw RQ no-op"][n], thr["ping task (mirrored)"][n]
-        out.append(
-            f"| {n} | {raw['tasks_per_s']:.0f} | {ping['tasks_per_s']:.0f} | "
-            f"{ping['tasks_per_s'] / raw['tasks_per_s']:.2f}× | {ping.get('commits_per_task', '—')} | "
-            f"{ping.get('rows_per_task', '—')} | {raw['redis_per_task']} → {ping['redis_per_task']} |"
-        )
-    out += [
-        "",
-        "CPU per task, ms (raw RQ no-op → ping task), measured in the same runs:",
-        "",
-        "| workers | this process (enqueues) | workers + work horses | PostgreSQL | Redis | total |",
-        "|---|---|---|---|---|---|",
-    ]
-    parts = ("cpu_bench_ms", "cpu_workers_ms", "cpu_postgres_ms", "cpu_redis_ms")
-    for n in ("1", "2", "4"):
-        raw, ping = thr["raw RQ no-op"][n], thr["ping task (mirrored)"][n]
-        if "cpu_workers_ms" not in raw:
-            continue
-        cells = [f"{raw[k]:.2f} → {ping[k]:.2f}" for k in parts]
-        total = [sum(r[k] for k in parts) for r in (raw, ping)]
-        out.append(f"| {n} | {' | '.join(cells)} | {total[0]:.2f} → {total[1]:.2f} |")
+    out += throughput_markdown(results["throughput"])
     st = results["status"]
     out += [
         "",
@@ -593,13 +677,74 @@ def markdown(results: dict) -> str:
     mem = results["memory"]
     out += [
         "",
-        f"### 5. Memory (RSS, MiB, at rest → after {mem['tasks']:,} tasks / requests)",
+        f"### 5. Memory (RSS, MiB, {mem['tasks']:,} tasks through one worker)",
         "",
-        f"- worker (parent process): {mem['worker_rss_mib'][0]} → {mem['worker_rss_mib'][1]}",
-        f"- web (uvicorn's 2 workers, summed): {mem['web_rss_mib'][0]} → {mem['web_rss_mib'][1]}",
+        "- worker + work horse, every 1,000 tasks: "
+        + ", ".join(str(v) for v in mem["worker_rss_samples_mib"]),
+        f"- spread after the first 1,000 (warm-up): {mem['worker_rss_spread_pct']}%",
+        f"- web (uvicorn's 2 workers, summed), at rest → after {mem['requests']:,} POSTs: "
+        f"{mem['web_rss_mib'][0]} → {mem['web_rss_mib'][1]}",
         "",
     ]
+    if "limits" in results:
+        lim = results["limits"]
+        out += [
+            "### 6. Hard limits (one worker, real processes)",
+            "",
+            f"- timeout 2 s, handler sleeps 10 s: attempt ended after {lim['timeout_s']} s; "
+            f"next task in a new horse: {lim['next_task_fresh_horse']}",
+            f"- stop of a running task, DELETE to confirmed `cancelled`: {lim['stop_s']} s "
+            f"({', '.join(sorted(set(lim['stop_answers'])))})",
+            "",
+        ]
     return "\n".join(out)
+
+
+PARTS = ("cpu_bench_ms", "cpu_workers_ms", "cpu_postgres_ms", "cpu_redis_ms")
+
+
+def throughput_markdown(thr: dict) -> list[str]:
+    kinds = [k for k in Bench.THROUGHPUT_KINDS if k in thr]
+    counts = sorted({n for k in kinds for n in thr[k]}, key=int)
+    ping = thr["ping task (mirrored)"]
+    out = [
+        "",
+        f"### 2. End-to-end throughput ({thr['tasks']} tasks, enqueue to last completed)",
+        "",
+        "Tasks a second (median); the mirrored `ping` against each reference, same run:",
+        "",
+        "| workers | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
+    for n in counts:
+        cells = []
+        for kind in kinds:
+            rate = thr[kind].get(n, {}).get("tasks_per_s")
+            if rate is None:
+                cells.append("—")
+            elif kind == "ping task (mirrored)":
+                cells.append(f"**{rate:.0f}**")
+            else:
+                cells.append(f"{rate:.0f} (ping {ping[n]['tasks_per_s'] / rate:.2f}×)")
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "Per task: CPU ms (the enqueuing process, workers with their horses or pool, "
+        "PostgreSQL, Redis, total), database commits and rows, Redis commands:",
+        "",
+        "| workers | kind | enqueue | workers | PostgreSQL | Redis | total CPU | commits | rows | Redis cmds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in counts:
+        for kind in kinds:
+            r = thr[kind].get(n)
+            if not r or "cpu_workers_ms" not in r:
+                continue
+            cells = [f"{r[k]:.2f}" for k in PARTS] + [f"**{sum(r[k] for k in PARTS):.2f}**"]
+            cells += [str(r.get("commits_per_task", "—")), str(r.get("rows_per_task", "—"))]
+            cells.append(str(r["redis_per_task"]))
+            out.append(f"| {n} | {kind} | " + " | ".join(cells) + " |")
+    return out
 
 
 def main() -> None:
@@ -625,7 +770,7 @@ def main() -> None:
                 "repeats": bench.repeats,
                 "quick": args.quick,
             }
-            for name in ("enqueue", "status", "throughput", "memory", "operations"):
+            for name in ("enqueue", "status", "throughput", "memory", "operations", "limits"):
                 if args.only is None or name in args.only:
                     results[name] = getattr(bench, name)()
         finally:

@@ -82,7 +82,9 @@ CACHES = {
 
 _rq_connection = {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 300}
 RQ_QUEUES = {name: dict(_rq_connection) for name in ("high", "default", "low")}
-RQ = {"WORKER_CLASS": "taskqueue.worker.Worker"}
+# RQ_WORKER_CLASS=rq.worker.Worker: RQ's forking worker (a process per job), for handlers
+# that must not share a process (README, "More workers, more hosts").
+RQ = {"WORKER_CLASS": env_str("RQ_WORKER_CLASS") or "taskqueue.worker.Worker"}
 # django-rq's own dashboard can change jobs behind the mirror's back: not mounted.
 RQ_SHOW_ADMIN_LINK = False
 

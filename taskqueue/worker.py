@@ -126,6 +126,8 @@ class Worker(RQWorker):
         if pipeline is not None:
             super().set_state(state, pipeline=pipeline)
             return
+        if state == self._state:  # RQ marks it idle before each wait; a job's end did
+            return
         with self._redis_tolerated("record its state"):
             super().set_state(state)
 
@@ -399,6 +401,7 @@ class Worker(RQWorker):
                 )
             job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
             self.cleanup_execution(job, pipeline=pipeline)
+            super().set_state(WorkerStatus.IDLE, pipeline=pipeline)
             events.send_held(pipeline)
             pipeline.execute()
         self.log.info(

@@ -241,9 +241,24 @@ class JobState:
 
 
 def job_states(job_ids: list[str]) -> dict[str, JobState]:
-    """The RQ status of each job (one round trip, and one more per scheduled job)."""
+    """The RQ status of each job (one round trip, one more for the queued ones, and one
+    per scheduled job).
+
+    A job whose hash says `queued` but that is in no queue was popped by a worker that
+    died before it leased the task (RQ's dequeue is a plain pop): nothing will ever run
+    it, and it is reported missing (None). A live worker that has just popped it loses
+    nothing when the reconciler acts on that: its lease is for the old dispatch.
+    """
     connection = get_connection()
     jobs = Job.fetch_many(job_ids, connection=connection) if job_ids else []
+    waiting = [job for job in jobs if job is not None and job.get_status(refresh=False) == "queued"]
+    if waiting:
+        with connection.pipeline(transaction=False) as pipeline:
+            for job in waiting:
+                pipeline.lpos(get_queue(job.origin).key, job.id)
+            positions = pipeline.execute()
+        popped = {job.id for job, at in zip(waiting, positions, strict=True) if at is None}
+        jobs = [None if job is not None and job.id in popped else job for job in jobs]
     states = {}
     for job_id, job in zip(job_ids, jobs, strict=True):
         status = job.get_status(refresh=False) if job is not None else None

@@ -670,6 +670,33 @@ def test_a_reconciler_killed_mid_pass_holds_up_the_next_pass_seconds_not_minutes
     assert not Task.objects.filter(dispatch=0).exists(), story
 
 
+@pytest.mark.timeout(60)
+def test_a_job_popped_by_a_worker_that_died_before_its_lease_is_dispatched_again(
+    worker_process, markers
+):
+    """Found by the soak: a worker SIGKILLed between RQ's pop of a job and its lease left
+    the job's hash `queued` in no queue, and the reconciler, trusting the hash, left the
+    task `queued` for ever. The window is a few microseconds wide; the soak hit it once in
+    20,000 tasks. Here the pop is RQ's own (`Queue.dequeue_any`, what the worker runs) in
+    this process, which then never leases, as the dead worker did not: the next reconcile
+    pass must dispatch the task again, and a worker complete it once."""
+    from rq.queue import Queue
+
+    marker = new_marker("popped")
+    markers.append(marker)
+    task, _ = enqueue_task("diagnostic", {"action": "succeed", "marker": marker})
+    queue = backend.get_queue(task.queue)
+    popped = Queue.dequeue_any([queue], None, connection=backend.get_connection())
+    assert popped and popped[0].id == task.job_id
+    actions = reconcile_once()
+    worker_process(**FAST)
+    final = wait_terminal(task, timeout=30)
+    story = f"reconciler {actions}; task {final and final.status}; runs {len(starts(marker))}"
+    assert actions == {"dispatched": 1}, story
+    assert final is not None and final.status == "completed", story
+    assert len(starts(marker)) == 1, story
+
+
 # --- race 6: retries that depend on one worker's scheduler -----------------------------------
 
 BACKOFF_2S = override_settings(

@@ -9,7 +9,8 @@ def test_the_committed_markdown_is_what_the_committed_json_renders_to() -> None:
     results = json.loads((RESULTS / "latest.json").read_text())
     rendered = markdown(results)
     assert rendered == (RESULTS / "latest.md").read_text()
-    assert "p99 vs bare view" in rendered and "CPU per task" in rendered
+    assert "p99 vs bare view" in rendered and "Per task: CPU ms" in rendered
+    assert "Celery prefork + django-celery-results" in rendered and "Hard limits" in rendered
 
 
 def test_cpu_per_task_leaves_out_server_processes_that_came_or_went() -> None:
