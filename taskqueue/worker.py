@@ -32,7 +32,6 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, connections, transaction
-from rq import worker_registration
 from rq.command import parse_payload
 from rq.executions import Execution
 from rq.job import Job
@@ -163,11 +162,8 @@ class Worker(RQWorker):
         with self._redis_tolerated("check its registration"):
             if not self.connection.hexists(self.key, "birth"):
                 self.log.warning("Worker %s: Redis forgot this worker; registering", self.name)
-                with self.connection.pipeline() as pipeline:
-                    pipeline.hset(self.key, mapping=self.serialize())
-                    worker_registration.register(self, pipeline)
-                    pipeline.expire(self.key, self.worker_ttl + 60)
-                    pipeline.execute()
+                self.connection.delete(self.key)  # what heartbeats wrote since: not a birth
+                self.register_birth()
         scheduler = self.scheduler
         if scheduler is None:
             return
@@ -255,9 +251,9 @@ class Worker(RQWorker):
                     pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
                 events.send_held(pipeline)
                 pipeline.execute()
+            self._beaten_at = time.monotonic()
         except backend.RedisError as exc:  # the row is the truth: run it all the same
             self.log.warning("Worker %s: could not mark job %s started: %s", self.name, job.id, exc)
-        self._beaten_at = time.monotonic()
 
     def _execute_attempt(self, attempt: Attempt) -> None:
         job, queue = attempt.job, attempt.queue

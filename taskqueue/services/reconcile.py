@@ -70,20 +70,22 @@ def _reconcile(limit: int, token: str) -> Counter:
         if n % LOCK_EXTEND_EVERY == 0 and not backend.extend_lock(LOCK, token, ttl=LOCK_TTL):
             logger.warning("Reconciler: lost its lock mid-pass; stopping this pass")
             break
-        state = states[task.job_id]
-        if task.status == Task.Status.LEASED:
-            _reconcile_leased(task, state, counts)
-            continue
-        if state.status not in PENDING:
-            _redispatch(task, counts, "dispatched")
-        elif state.status == "scheduled" and _overdue(state, now):
-            # RQ's scheduler is not running (its worker died, or none was started with
-            # --with-scheduler): dispatch under a new generation; the old job never runs.
-            stale = task.job_id
-            _redispatch(task, counts, "overdue_dispatched")
-            with contextlib.suppress(QueueUnavailable):
-                backend.delete_job(stale)
+        judge = _reconcile_leased if task.status == Task.Status.LEASED else _reconcile_waiting
+        judge(task, states[task.job_id], counts)
     return counts
+
+
+def _reconcile_waiting(task: Task, state: backend.JobState, counts: Counter) -> None:
+    """Give a waiting task a job that will run, unless it has one."""
+    if state.status not in PENDING:
+        _redispatch(task, counts, "dispatched")
+    elif state.status == "scheduled" and _overdue(state, timezone.now()):
+        # RQ's scheduler is not running (its worker died, or none was started with
+        # --with-scheduler): dispatch under a new generation; the old job never runs.
+        stale = task.job_id
+        _redispatch(task, counts, "overdue_dispatched")
+        with contextlib.suppress(QueueUnavailable):
+            backend.delete_job(stale)
 
 
 def _overdue(state: backend.JobState, now: datetime) -> bool:

@@ -49,6 +49,7 @@ EPSILON = 0.005  # seconds of clock rounding allowed between the ledger and the 
 
 sys.path.insert(0, str(ROOT))
 from scripts.embedded_redis import redis_server_binary  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -111,14 +112,6 @@ class Redis:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
