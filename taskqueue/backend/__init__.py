@@ -92,8 +92,10 @@ def dispatch(task: "Task", *, delay: int = 0) -> None:
     try:
         if delay > 0:
             queue.enqueue_in(timedelta(seconds=delay), JOB_FUNCTION, **options)
-        else:
-            queue.enqueue(JOB_FUNCTION, **options)
+        else:  # RQ's two round trips (the queues set, then the job) in one
+            with queue.connection.pipeline() as pipeline:
+                queue.enqueue(JOB_FUNCTION, **options, pipeline=pipeline)
+                pipeline.execute()
     except RedisError as exc:
         raise QueueUnavailable(f"Could not enqueue task {task.pk}: {exc}") from exc
 

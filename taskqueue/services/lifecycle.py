@@ -74,7 +74,7 @@ def enqueue_task(
         # Only a deduplicated type can collide (and then must not spoil the caller's
         # transaction); others save in autocommit, without BEGIN and COMMIT round trips.
         with transaction.atomic() if dedup_key else nullcontext():
-            task = Task.objects.create(**fields)
+            task = Task.objects.add(**fields)
     except IntegrityError:
         existing = Task.objects.active().filter(dedup_key=dedup_key).first() if dedup_key else None
         if existing is None:

@@ -697,6 +697,47 @@ def test_a_job_popped_by_a_worker_that_died_before_its_lease_is_dispatched_again
     assert len(starts(marker)) == 1, story
 
 
+def test_a_warm_shutdown_between_the_dequeue_and_the_start_finishes_the_task(
+    worker_process, markers
+):
+    """Found when RQ's started bookkeeping moved after the horse's hand-off: a SIGTERM
+    after the worker took a job but before it called itself busy made RQ raise
+    StopRequested from inside the lease. The worker exited with the task `leased` (the
+    reconciler ended it as `worker_lost` a heartbeat margin later) instead of finishing
+    it. Here the test holds the task's row lock so that the worker waits in its lease,
+    sends the SIGTERM there, then lets the lease through: the task must complete."""
+    from django.db import connection, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("waits for the worker's lock wait in pg_stat_activity")
+    for _ in range(2):
+        marker = new_marker("warm")
+        markers.append(marker)
+        task, _ = enqueue_task("diagnostic", {"action": "succeed", "marker": marker})
+        with transaction.atomic():
+            Task.objects.select_for_update().get(pk=task.pk)
+            worker = worker_process(**FAST)
+
+            def waits_in_its_lease() -> bool:
+                with connection.cursor() as cursor:  # (a transaction's view is a snapshot)
+                    cursor.execute("SELECT pg_stat_clear_snapshot()")
+                    cursor.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database()"
+                    )
+                    return cursor.fetchone()[0] > 0
+
+            wait_for(waits_in_its_lease, interval=0.02)
+            worker.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+        exited = worker.wait(30)
+        final = row(task)
+        story = f"exit {exited}; task {final.status} {final.error_code}; runs {len(starts(marker))}"
+        assert exited == 0, story
+        assert final.status == "completed", story
+        assert len(starts(marker)) == 1, story
+
+
 # --- race 6: retries that depend on one worker's scheduler -----------------------------------
 
 BACKOFF_2S = override_settings(
