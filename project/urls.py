@@ -5,10 +5,12 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from taskqueue.api.exceptions import api_not_found
-from taskqueue.api.views import MetricsView
+from taskqueue.api.views import ApiRootView, MetricsView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/", ApiRootView.as_view(), name="api-root"),
+    path("api/system/maintenance/", ApiRootView.as_view(), name="api-maintenance-root"),
     path("api/system/maintenance/", include("maintenance.api")),
     path("api/system/maintenance/", include("taskqueue.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
@@ -19,4 +21,6 @@ urlpatterns = [
     re_path(r"^api/", api_not_found),
 ]
 
+handler400 = "taskqueue.api.exceptions.bad_request"
+handler403 = "taskqueue.api.exceptions.permission_denied"
 handler500 = "taskqueue.api.exceptions.server_error"

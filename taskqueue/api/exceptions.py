@@ -5,7 +5,9 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import InterfaceError, OperationalError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import csrf, defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -76,9 +78,37 @@ def _code(exc: Exception) -> str:
     return codes if isinstance(codes, str) else "error"
 
 
+@csrf_exempt  # a POST to a URL that does not exist is a 404, not a CSRF failure
 def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
     """404 for any /api/ URL that matches no route (JSON, like every API error)."""
     return JsonResponse({"detail": "Not found.", "code": "not_found"}, status=404)
+
+
+def is_api(request: HttpRequest) -> bool:
+    """A request to the JSON API (the browsable API's login pages are HTML)."""
+    return request.path.startswith("/api/") and not request.path.startswith("/api/auth/")
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Django's 400 (a SuspiciousOperation: a bad Host, too many fields), as JSON under /api/."""
+    if not is_api(request):
+        return defaults.bad_request(request, exception)
+    return JsonResponse({"detail": "Bad request.", "code": "bad_request"}, status=400)
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if not is_api(request):
+        return defaults.permission_denied(request, exception)
+    body = {"detail": "You do not have permission to perform this action.",
+            "code": "permission_denied"}  # fmt: skip
+    return JsonResponse(body, status=403)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: JSON under /api/ (Django's page elsewhere)."""
+    if not is_api(request):
+        return csrf.csrf_failure(request, reason)
+    return JsonResponse({"detail": f"CSRF failed: {reason}", "code": "csrf_failed"}, status=403)
 
 
 def server_error(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:

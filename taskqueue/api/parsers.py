@@ -7,8 +7,8 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 from taskqueue.api.exceptions import RequestTooLarge
+from taskqueue.api.middleware import MAX_BYTES
 
-MAX_BYTES = 64 * 1024
 MAX_DEPTH = 32
 
 

@@ -188,10 +188,16 @@ class EnqueueView(APIView):
         )
 
     def post(self, request: Request) -> Response:
-        payload = {k: v for k, v in request.query_params.items() if k != "format"}
-        if request.data is not None and not isinstance(request.data, dict):
+        query = {k: v for k, v in request.query_params.items() if k != "format"}
+        body = request.data
+        if not isinstance(body, dict):  # a JSON null, list, string or number
             raise serializers.ValidationError({"payload": ["Expected a JSON object."]})
-        payload.update(request.data or {})
+        if query and body:
+            raise serializers.ValidationError(
+                {"non_field_errors": ["Give the parameters as a JSON body or as query "
+                                      f"parameters, not both (query: {', '.join(query)})."]}
+            )  # fmt: skip
+        payload = body or query
         task, created = enqueue_task(
             self.task_type, payload, requested_by=request.user, source="api"
         )
@@ -231,7 +237,8 @@ def enqueue_view(task_type: str) -> type[EnqueueView]:
     post = extend_schema(
         summary=f"Enqueue {task_type}",
         description=(
-            f"{spec.description} Parameters as a JSON body or as query parameters. "
+            f"{spec.description} Parameters as a JSON body or as query parameters, not "
+            "both (400). "
             "202 with the new task's id; 200 with the active task when an identical one "
             "is already active (exclusive types) or, with USE_TASK_QUEUE off, with the "
             "finished task."
@@ -264,6 +271,39 @@ def enqueue_view(task_type: str) -> type[EnqueueView]:
     view.post = post(post_method)  # type: ignore[method-assign]
     view.get = get(get_method)  # type: ignore[method-assign]
     return view
+
+
+class ApiRootView(APIView):
+    """The API's entry points: the operations, the tasks, statistics, schedules, the live
+    event stream, Prometheus metrics, and the OpenAPI schema with its two documentations."""
+
+    # Staff only, as every endpoint it lists (each checks its own permission too).
+    ROUTES: ClassVar[dict[str, dict[str, str]]] = {
+        "operations": {
+            "cleanup_runs": "maintenance-cleanup-runs",
+            "health_check": "maintenance-health-check",
+            "cleanup_temp_files": "maintenance-cleanup-temp-files",
+            "log_statistics": "maintenance-log-statistics",
+        },
+        "resources": {
+            "tasks": "taskqueue-task-list",
+            "stats": "taskqueue-stats",
+            "schedules": "taskqueue-schedule-list",
+            "events": "taskqueue-events",
+            "metrics": "metrics",
+        },
+        "documentation": {"schema": "schema", "docs": "swagger-ui", "redoc": "redoc"},
+    }
+
+    @extend_schema(summary="The API's entry points", responses={200: dict, **errors(401, 403)})
+    def get(self, request: Request) -> Response:
+        link = request.build_absolute_uri
+        return Response(
+            {
+                group: {key: link(reverse(name)) for key, name in routes.items()}
+                for group, routes in self.ROUTES.items()
+            }
+        )
 
 
 class PlainTextRenderer(BaseRenderer):
