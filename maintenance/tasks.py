@@ -1,9 +1,13 @@
 """Registers the four operations as task types, with their payloads and policies."""
 
-from rest_framework import serializers
-
 from maintenance import operations
-from taskqueue.registry import Backoff, PayloadSerializer, StrictIntegerField, register
+from taskqueue.registry import (
+    Backoff,
+    PayloadSerializer,
+    StrictBooleanField,
+    StrictIntegerField,
+    register,
+)
 
 HOURS = {"min_value": 1, "max_value": 8760}
 
@@ -12,9 +16,7 @@ class CleanupPayload(PayloadSerializer):
     max_age_hours = StrictIntegerField(
         default=24, help_text="Remove what is older than this many hours (1 to 8760).", **HOURS
     )
-    dry_run = serializers.BooleanField(
-        default=False, help_text="Only report what would be removed."
-    )
+    dry_run = StrictBooleanField(default=False, help_text="Only report what would be removed.")
 
 
 class HealthCheckPayload(PayloadSerializer):

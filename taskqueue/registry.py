@@ -9,7 +9,7 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from rest_framework import serializers
 
@@ -109,6 +109,23 @@ class StrictIntegerField(serializers.IntegerField):
         if isinstance(data, str) and re.fullmatch(r"[+-]?\d{1,30}", data.strip()):
             return int(data)
         self.fail("invalid")
+        raise AssertionError("unreachable")  # self.fail raises
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """A boolean given as JSON true/false or, in a query parameter, "true"/"false"/"1"/"0".
+
+    DRF's BooleanField also takes the JSON numbers 0 and 1, which the schema calls invalid.
+    """
+
+    WORDS: ClassVar[dict[str, bool]] = {"true": True, "false": False, "1": True, "0": False}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if isinstance(data, bool):
+            return data
+        if isinstance(data, str) and data.strip().lower() in self.WORDS:
+            return self.WORDS[data.strip().lower()]
+        self.fail("invalid", input=data)
         raise AssertionError("unreachable")  # self.fail raises
 
 

@@ -118,6 +118,13 @@ class TaskFilterSerializer(serializers.Serializer):
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # DRF skips a blank optional query parameter; `?task_type=` is a mistake, not "any".
+        blank = [name for name in self.fields if self.initial_data.get(name, None) == ""]
+        if blank:
+            raise serializers.ValidationError({name: ["May not be blank."] for name in blank})
+        return attrs
+
 
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()

@@ -8,6 +8,7 @@ from django.utils.http import http_date
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
@@ -40,6 +41,30 @@ class TaskPagination(CursorPagination):
     page_size = 20
     page_size_query_param = "page_size"
     max_page_size = 100
+
+    def decode_cursor(self, request: Request) -> Any:
+        """DRF answers a cursor it cannot read with 404; it is bad input: 400."""
+        try:
+            return super().decode_cursor(request)
+        except NotFound:
+            raise serializers.ValidationError({"cursor": ["Invalid cursor."]}) from None
+
+    def get_page_size(self, request: Request) -> int:
+        """1 to 100; anything else is refused, not ignored."""
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size:
+            message = f"A whole number from 1 to {self.max_page_size}."
+            raise serializers.ValidationError({"page_size": [message]})
+        return int(raw)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"] |= {"minimum": 1, "maximum": self.max_page_size}
+        return parameters
 
 
 class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
@@ -192,12 +217,9 @@ class EnqueueView(APIView):
         body = request.data
         if not isinstance(body, dict):  # a JSON null, list, string or number
             raise serializers.ValidationError({"payload": ["Expected a JSON object."]})
-        if query and body:
-            raise serializers.ValidationError(
-                {"non_field_errors": ["Give the parameters as a JSON body or as query "
-                                      f"parameters, not both (query: {', '.join(query)})."]}
-            )  # fmt: skip
-        payload = body or query
+        if query and body:  # both are validated; for a parameter given twice, the body wins
+            get_task_type(self.task_type).validate_payload(query)
+        payload = {**query, **body}
         task, created = enqueue_task(
             self.task_type, payload, requested_by=request.user, source="api"
         )
@@ -237,8 +259,9 @@ def enqueue_view(task_type: str) -> type[EnqueueView]:
     post = extend_schema(
         summary=f"Enqueue {task_type}",
         description=(
-            f"{spec.description} Parameters as a JSON body or as query parameters, not "
-            "both (400). "
+            f"{spec.description} Parameters as a JSON body or as query parameters (or "
+            "both: each is validated, and for a parameter given in both the body's value "
+            "is used). "
             "202 with the new task's id; 200 with the active task when an identical one "
             "is already active (exclusive types) or, with USE_TASK_QUEUE off, with the "
             "finished task."
@@ -247,7 +270,7 @@ def enqueue_view(task_type: str) -> type[EnqueueView]:
         parameters=[
             OpenApiParameter(
                 name,
-                type=bool if isinstance(field, serializers.BooleanField) else int,
+                type=_parameter_schema(field),
                 required=False,
                 description=f"As in the body. {field.help_text or ''}".strip(),
             )
@@ -271,6 +294,18 @@ def enqueue_view(task_type: str) -> type[EnqueueView]:
     view.post = post(post_method)  # type: ignore[method-assign]
     view.get = get(get_method)  # type: ignore[method-assign]
     return view
+
+
+def _parameter_schema(field: serializers.Field) -> dict[str, Any]:
+    """A payload field as a query parameter's schema, with its bounds."""
+    if isinstance(field, serializers.BooleanField):
+        return {"type": "boolean"}
+    schema: dict[str, Any] = {"type": "integer"}
+    if getattr(field, "min_value", None) is not None:
+        schema["minimum"] = field.min_value
+    if getattr(field, "max_value", None) is not None:
+        schema["maximum"] = field.max_value
+    return schema
 
 
 class ApiRootView(APIView):

@@ -72,20 +72,23 @@ def test_the_api_root_is_browsable_and_closed_to_anonymous_clients(api, redis_db
     assert b"health-check" in page.content
 
 
-def test_parameters_in_both_the_body_and_the_query_are_refused(api):
+def test_parameters_in_both_the_body_and_the_query_are_each_validated(api):
     response = api.post(
         f"{BASE}/cleanup-runs?max_age_hours=abc", {"max_age_hours": 24}, format="json"
     )
     assert response.status_code == 400
-    assert "not both" in response.json()["non_field_errors"][0]
+    assert "max_age_hours" in response.json()
     assert Task.objects.count() == 0
+    response = api.post(
+        f"{BASE}/cleanup-runs?max_age_hours=1", {"max_age_hours": 24}, format="json"
+    )
+    assert response.status_code == 202
+    assert Task.objects.get().payload["max_age_hours"] == 24  # the body wins, as documented
 
 
 def test_a_json_null_body_is_refused_like_any_other_non_object(api):
     for raw in ("null", "[]", '"24"'):
-        response = api.generic(
-            "POST", f"{BASE}/health-check", raw, content_type="application/json"
-        )
+        response = api.generic("POST", f"{BASE}/health-check", raw, content_type="application/json")
         assert response.status_code == 400, raw
         assert response.json()["payload"] == ["Expected a JSON object."]
     assert Task.objects.count() == 0
@@ -105,3 +108,37 @@ def test_django_s_own_400_is_json_under_the_api(api):
         response = api.get("/api/", HTTP_HOST="bad.example")
     assert response.status_code == 400
     assert response.json()["code"] == "bad_request"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("task_type=", "task_type"),
+        ("status=", "status"),
+        ("cursor=7%F2%8A%B7%9FE", "cursor"),
+        ("cursor=abc", "cursor"),
+        ("page_size=true", "page_size"),
+        ("page_size=0", "page_size"),
+    ],
+)
+def test_bad_list_parameters_are_a_400_naming_the_parameter(api, query, field):
+    response = api.get(f"{BASE}/tasks?{query}")
+    assert response.status_code == 400, response.content
+    assert field in response.json()
+
+
+def test_the_schema_gives_query_parameters_their_bounds(api):
+    schema = api.get("/api/schema/?format=json").json()
+    parameters = {
+        p["name"]: p["schema"]
+        for p in schema["paths"][f"{BASE}/cleanup-runs"]["post"]["parameters"]
+    }
+    assert parameters["max_age_hours"] == {"type": "integer", "minimum": 1, "maximum": 8760}
+    statistics = schema["paths"][f"{BASE}/log-statistics"]["post"]["parameters"]
+    hours = {p["name"]: p["schema"] for p in statistics}["hours"]
+    assert "minimum" in hours and "maximum" in hours
+    listing = schema["paths"][f"{BASE}/tasks"]["get"]
+    sizes = {p["name"]: p["schema"] for p in listing["parameters"]}
+    assert sizes["page_size"]["maximum"] == 100
+    assert "400" in listing["responses"]
+    assert "/api/schema/" not in schema["paths"]
