@@ -3,13 +3,20 @@
 import json
 from typing import Any
 
-from rest_framework.exceptions import ParseError
+from rest_framework import status
+from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser
 
-from taskqueue.api.exceptions import RequestTooLarge
 from taskqueue.api.middleware import MAX_BYTES
 
 MAX_DEPTH = 32
+
+
+class RequestTooLarge(APIException):
+    # Here and not in api.exceptions: DRF imports the parsers while api.exceptions imports DRF.
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is too large."
+    default_code = "request_too_large"
 
 
 class BoundedJSONParser(JSONParser):
