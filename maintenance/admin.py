@@ -36,17 +36,28 @@ class RunAdmin(admin.ModelAdmin):
     def size(self, run: Run) -> str:
         return filesizeformat(run.artifacts_bytes) if run.artifacts_bytes is not None else "—"
 
+    def console_links(self, request: HttpRequest) -> list[tuple[str, str]]:
+        """Run maintenance, beside Runs on the admin index and in its sidebar."""
+        if not self._allowed(request):
+            return []
+        url = reverse("admin:maintenance_run_operations", current_app=self.admin_site.name)
+        return [("Run maintenance", url)]
+
+    def _allowed(self, request: HttpRequest) -> list[str]:
+        """The operations this user may trigger."""
+        return [
+            name
+            for name in OPERATIONS
+            if request.user.has_perm(get_task_type(name).policy.permission or "")
+        ]
+
     def get_urls(self) -> list:
         view = self.admin_site.admin_view(self.operations_view)
         return [path("operations/", view, name="maintenance_run_operations"), *super().get_urls()]
 
     def operations_view(self, request: HttpRequest) -> HttpResponse:
         """One form per operation the user may trigger; submitting enqueues it."""
-        allowed = [
-            name
-            for name in OPERATIONS
-            if request.user.has_perm(get_task_type(name).policy.permission or "")
-        ]
+        allowed = self._allowed(request)
         if not allowed:
             raise PermissionDenied
         forms = {name: form_class_for(name)(prefix=name) for name in allowed}

@@ -22,7 +22,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 CSRF_FAILURE_VIEW = "taskqueue.api.exceptions.csrf_failure"
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "taskqueue.apps.ConsoleAdminConfig",  # django.contrib.admin, with the console's site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

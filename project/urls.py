@@ -4,11 +4,13 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from taskqueue.admin.views import favicon
 from taskqueue.api.exceptions import api_not_found
 from taskqueue.api.views import ApiRootView, MetricsView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("favicon.ico", favicon, name="favicon"),
     path("api/", ApiRootView.as_view(), name="api-root"),
     path("api/system/maintenance/", ApiRootView.as_view(), name="api-maintenance-root"),
     path("api/system/maintenance/", include("maintenance.api")),

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 
 
 class TaskQueueConfig(AppConfig):
@@ -13,3 +14,10 @@ class TaskQueueConfig(AppConfig):
 
         # Task types live in each app's tasks.py; taskqueue never imports them by name.
         autodiscover_modules("tasks")
+
+
+class ConsoleAdminConfig(admin_apps.AdminConfig):
+    """django.contrib.admin with the console's site (taskqueue.sites) as `admin.site`."""
+
+    default = False
+    default_site = "taskqueue.sites.ConsoleSite"

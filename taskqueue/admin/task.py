@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
@@ -107,6 +107,13 @@ class TaskAdmin(admin.ModelAdmin):
     @admin.display(description="run")
     def run_display(self, task: Task) -> str:
         return duration(run_seconds(task))
+
+    def console_links(self, request: HttpRequest) -> list[tuple[str, str]]:
+        """The dashboard, beside Tasks on the admin index and in its sidebar."""
+        if not request.user.has_perm("taskqueue.view_task"):
+            return []
+        url = reverse("admin:taskqueue_dashboard", current_app=self.admin_site.name)
+        return [("Dashboard", url)]
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet, search_term: str

@@ -1,14 +1,21 @@
-"""Admin views: the task page's live block, Cancel/Stop/Retry, and the dashboard."""
+"""Admin views: the task page's live block, Cancel/Stop/Retry, the dashboard, the icon."""
 
 from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponsePermanentRedirect,
+    HttpResponseRedirect,
+    JsonResponse,
+)
 from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string, select_template
 from django.template.response import TemplateResponse
+from django.templatetags.static import static
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
@@ -26,6 +33,13 @@ from taskqueue.exceptions import TaskQueueError
 from taskqueue.models import Task
 from taskqueue.services import CANCELLED, cancel_task, monitoring, retry_task
 from taskqueue.services.stats import recent_failures, task_stats, throughput_by_hour
+
+FAVICON = "taskqueue/favicon.svg"
+
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico, which browsers ask for on every page: the console's icon."""
+    return HttpResponsePermanentRedirect(static(FAVICON))
 
 
 def _require(request: HttpRequest, permission: str) -> None:

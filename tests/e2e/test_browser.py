@@ -1,92 +1,19 @@
 """The admin in a real Chromium (Debian's, driven by Playwright; no browser download)."""
 
-import os
-import shutil
-from collections.abc import Iterator
-
 import pytest
 
 from taskqueue.models import Task
 from taskqueue.services import enqueue_task
 from tests.conftest import user_with
-from tests.helpers import ROOT, wait_for
+from tests.e2e.browser import BROWSER_TEST, log_in, run_operation, shot
+from tests.helpers import wait_for
 
-CHROMIUM = (
-    os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-)
-SHOTS = ROOT / "artifacts" / "screenshots"
-
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(
-        CHROMIUM is None,
-        reason="no Chromium here: install Debian's `chromium` (.ci/run does) to run browser tests",
-    ),
-]
-
-FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+pytestmark = BROWSER_TEST
 
 
 @pytest.fixture(autouse=True)
 def fast_password_hashing() -> None:
     """Passwords here are checked by the live server, which hashes as production does."""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls the test makes
-    # between browser steps are still plain synchronous calls, which Django must allow here.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            instance = playwright.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=FLAGS
-            )
-            yield instance
-            instance.close()
-    finally:
-        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
-
-
-@pytest.fixture
-def page(browser, live_server_url, redis_db):
-    context = browser.new_context(base_url=live_server_url, viewport={"width": 1440, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    # Shown by pytest when a test fails: what the page's scripts said.
-    page.on("console", lambda message: print(f"console.{message.type}: {message.text}"))
-    page.on("pageerror", lambda error: print(f"page error: {error}"))
-    yield page
-    context.close()
-
-
-def log_in(page, username: str, password: str) -> None:
-    page.goto("/admin/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    page.click("input[type=submit]")
-    page.wait_for_load_state()
-
-
-def shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def run_operation(page, name: str, fields: dict[str, str] | None = None) -> int:
-    """Submit an operation's form on the Run maintenance page; return the new task's id."""
-    page.goto("/admin/maintenance/run/operations/")
-    for field, value in (fields or {}).items():
-        page.fill(f"#id_{name}-{field}", value)
-    page.click(f"#op-{name} input[type=submit]")
-    page.wait_for_url("**/admin/taskqueue/task/*/change/")
-    return int(page.url.rstrip("/").split("/")[-2])
 
 
 def test_an_operator_runs_cancels_retries_and_watches(page, django_user_model, worker_process):
