@@ -12,7 +12,7 @@ from django.urls import path, reverse
 from maintenance.models import Run
 from taskqueue.admin.forms import form_class_for, payload_from
 from taskqueue.exceptions import InvalidPayload, TaskQueueError
-from taskqueue.registry import get_task_type
+from taskqueue.registry import get_task_type, task_title
 from taskqueue.services import enqueue_task
 
 OPERATIONS = ["cleanup_runs", "health_check", "cleanup_temp_files", "log_statistics"]
@@ -75,7 +75,12 @@ class RunAdmin(admin.ModelAdmin):
             "title": "Run maintenance",
             "opts": Run._meta,
             "operations": [
-                {"name": name, "description": get_task_type(name).description, "form": form}
+                {
+                    "name": name,
+                    "title": task_title(name),
+                    "form": form,
+                    "description": get_task_type(name).description,
+                }
                 for name, form in forms.items()
             ],
         }
@@ -91,10 +96,12 @@ class RunAdmin(admin.ModelAdmin):
                 form.add_error(field if field in form.fields else None, problems)
             return None
         except TaskQueueError as exc:
-            messages.error(request, f"{name} was not enqueued: {exc.message}")
+            messages.error(request, f"{task_title(name)} was not enqueued: {exc.message}")
             return None
         if created:
-            messages.success(request, f"Task {task.pk} ({name}) enqueued.")
+            messages.success(request, f"Task {task.pk} ({task_title(name)}) enqueued.")
         else:
-            messages.info(request, f"An identical {name} is already active: task {task.pk}.")
+            messages.info(
+                request, f"An identical {task_title(name)} is already active: task {task.pk}."
+            )
         return HttpResponseRedirect(reverse("admin:taskqueue_task_change", args=[task.pk]))

@@ -34,14 +34,14 @@ CLEANUP_POLICY = {"max_attempts": 3, "timeout": 300, "priority": 5, "exclusive":
                   "backoff": Backoff(base=30, maximum=600)}  # fmt: skip
 QUICK_RETRY = Backoff(base=5, maximum=60)
 
-for name, serializer, policy in (
-    ("cleanup_runs", CleanupPayload, CLEANUP_POLICY),
-    ("health_check", HealthCheckPayload,
+for name, title, serializer, policy in (
+    ("cleanup_runs", "Clean up old runs", CleanupPayload, CLEANUP_POLICY),
+    ("health_check", "Health check", HealthCheckPayload,
      {"max_attempts": 2, "timeout": 30, "priority": 3, "backoff": QUICK_RETRY}),
-    ("cleanup_temp_files", CleanupPayload, CLEANUP_POLICY),
-    ("log_statistics", LogStatisticsPayload,
+    ("cleanup_temp_files", "Clean up old temp files", CleanupPayload, CLEANUP_POLICY),
+    ("log_statistics", "Log statistics", LogStatisticsPayload,
      {"max_attempts": 2, "timeout": 10, "priority": 1, "backoff": QUICK_RETRY}),
 ):  # fmt: skip
-    register(name, serializer=serializer, permission=f"maintenance.run_{name}", **policy)(
-        getattr(operations, name)
-    )
+    register(
+        name, title=title, serializer=serializer, permission=f"maintenance.run_{name}", **policy
+    )(getattr(operations, name))

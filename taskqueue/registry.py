@@ -151,6 +151,8 @@ class TaskType:
     serializer: type[serializers.Serializer] | None
     base_policy: Policy
     description: str = ""
+    # What people read (the console); `name` is what the database, Redis and the API keep.
+    title: str = ""
 
     @property
     def policy(self) -> Policy:
@@ -181,9 +183,11 @@ def register(
     *,
     serializer: type[serializers.Serializer] | None = None,
     description: str = "",
+    title: str = "",
     **policy: Any,
 ) -> Callable[[Handler], Handler]:
-    """Decorator: register `handler` as the task type `name` with its policy."""
+    """Decorator: register `handler` as the task type `name` with its policy and `title`
+    (in words, for people; by default the name with spaces for underscores)."""
 
     def decorator(handler: Handler) -> Handler:
         if name in _registry and _registry[name].handler is not handler:
@@ -195,10 +199,23 @@ def register(
             serializer=serializer,
             base_policy=Policy(**policy),
             description=description or summary,
+            title=title or _humanize(name),
         )
         return handler
 
     return decorator
+
+
+def _humanize(name: str) -> str:
+    if "." in name:  # a django.tasks function, named by its dotted path: kept as it is
+        return name
+    return name.replace("_", " ").capitalize()
+
+
+def task_title(name: str) -> str:
+    """The title of the task type `name` in words; the name itself if it is not registered."""
+    spec = _registry.get(name)
+    return spec.title if spec else name
 
 
 def unregister(name: str) -> None:

@@ -20,13 +20,17 @@ STATUS_COLOURS = {
 }
 
 
+def status_label(status: str) -> str:
+    """The console's word for a status: its Task.Status label (`leased` is "Running")."""
+    return Task.Status(status).label if status in Task.Status.values else status
+
+
 def status_badge(status: str) -> SafeString:
-    label = Task.Status(status).label if status in Task.Status.values else status
     return format_html(
         '<span class="tq-badge tq-status-{}" style="background:{}">{}</span>',
         status,
         STATUS_COLOURS.get(status, "#444"),
-        label,
+        status_label(status),
     )
 
 
@@ -65,5 +69,6 @@ def run_seconds(task: Task) -> float | None:
 
 
 def pretty_json(value: Any) -> SafeString:
-    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    """JSON as the handler returned it (its keys in its order), indented, escaped."""
+    text = json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False, default=str)
     return format_html('<pre class="tq-json">{}</pre>', text)

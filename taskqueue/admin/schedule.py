@@ -11,8 +11,9 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from taskqueue.admin.filters import TaskTypeFilter
 from taskqueue.models import Schedule
-from taskqueue.registry import task_types
+from taskqueue.registry import task_title, task_types
 from taskqueue.services.schedules import run_schedule_now
 
 
@@ -25,16 +26,16 @@ class ScheduleForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["task_type"].choices = [(t.name, t.name) for t in task_types()]
+        self.fields["task_type"].choices = [(t.name, t.title) for t in task_types()]
         self.fields["payload"].help_text = "A JSON object, checked against the type's parameters."
 
 
 @admin.register(Schedule)
 class ScheduleAdmin(admin.ModelAdmin):
     form = ScheduleForm
-    list_display = ("name", "task_type", "describe", "enabled", "next_run_at", "last_run_at",
+    list_display = ("name", "type_display", "describe", "enabled", "next_run_at", "last_run_at",
                     "last_task_link", "skips")  # fmt: skip
-    list_filter = ("enabled", "task_type")
+    list_filter = ("enabled", TaskTypeFilter)
     search_fields = ("name", "task_type")
     actions = ["run_now", "enable", "disable"]
     readonly_fields = ("upcoming", "next_run_at", "last_run_at", "last_task_link",
@@ -56,6 +57,10 @@ class ScheduleAdmin(admin.ModelAdmin):
             },
         ),
     ]
+
+    @admin.display(description="task type", ordering="task_type")
+    def type_display(self, schedule: Schedule) -> str:
+        return task_title(schedule.task_type)
 
     @admin.display(description="schedule")
     def describe(self, schedule: Schedule) -> str:

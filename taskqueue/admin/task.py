@@ -13,21 +13,11 @@ from django.utils.safestring import SafeString
 
 from taskqueue.admin import views
 from taskqueue.admin.display import duration, run_seconds, status_badge, wait_seconds
+from taskqueue.admin.filters import TaskTypeFilter
 from taskqueue.exceptions import TaskQueueError
 from taskqueue.models import Task
-from taskqueue.registry import task_types
+from taskqueue.registry import task_title
 from taskqueue.services import CANCELLED, cancel_task, retry_task
-
-
-class TaskTypeFilter(admin.SimpleListFilter):
-    title = "type"
-    parameter_name = "task_type"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(t.name, t.name) for t in task_types()]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        return queryset.filter(task_type=self.value()) if self.value() else queryset
 
 
 class RequesterFilter(admin.SimpleListFilter):
@@ -52,7 +42,7 @@ class RequesterFilter(admin.SimpleListFilter):
 class TaskAdmin(admin.ModelAdmin):
     list_display = (
         "id",
-        "task_type",
+        "type_display",
         "status_display",
         "attempts_display",
         "queue",
@@ -61,7 +51,7 @@ class TaskAdmin(admin.ModelAdmin):
         "wait_display",
         "run_display",
     )
-    list_display_links = ("id", "task_type")
+    list_display_links = ("id", "type_display")
     list_filter = ("status", TaskTypeFilter, "created_at", RequesterFilter)
     search_fields = ("task_type", "error_message")
     search_help_text = "A task id, a type, or words from the error message."
@@ -87,6 +77,10 @@ class TaskAdmin(admin.ModelAdmin):
     def has_operate_permission(self, request: HttpRequest) -> bool:
         """Cancel, stop and retry need taskqueue.change_task."""
         return request.user.has_perm("taskqueue.change_task")
+
+    @admin.display(description="type", ordering="task_type")
+    def type_display(self, task: Task) -> str:
+        return task_title(task.task_type)
 
     @admin.display(description="status", ordering="status")
     def status_display(self, task: Task) -> SafeString:
@@ -141,6 +135,8 @@ class TaskAdmin(admin.ModelAdmin):
         )
         found = task.filter(pk=object_id).first() if object_id.isdigit() else None
         extra = views.task_context(request, found) if found else {}
+        if found:
+            extra["subtitle"] = f"{task_title(found.task_type)} #{found.pk}"
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
 
     @admin.action(description="Cancel or stop selected tasks", permissions=["operate"])

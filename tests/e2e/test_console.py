@@ -2,7 +2,8 @@
 
 import pytest
 
-from tests.e2e.browser import BROWSER_TEST, log_in
+from taskqueue.models import Schedule, Task
+from tests.e2e.browser import BROWSER_TEST, log_in, run_operation
 
 pytestmark = BROWSER_TEST
 
@@ -17,6 +18,14 @@ def operator(page, django_user_model):
     django_user_model.objects.create_superuser("operator", password="operator-pw")
     log_in(page, "operator", "operator-pw")
     return page
+
+
+def failed_task(task_type: str, **fields) -> Task:
+    """A task that failed on its only attempt, a moment ago."""
+    task = Task.objects.create(task_type=task_type, status="queued", **fields)
+    task.lease(dispatch=0, worker_name="w1")
+    task.fail(attempt=1, error_code="exception", error_message="boom")
+    return task
 
 
 def test_the_index_and_the_sidebar_link_to_the_dashboard_and_run_maintenance(operator):
@@ -46,3 +55,37 @@ def test_every_admin_page_has_an_icon_and_favicon_ico_answers(operator):
     assert response.status == 301 and response.headers["location"] == href
     followed = page.request.get("/favicon.ico")
     assert followed.status == 200 and followed.body().startswith(b"<svg")
+
+
+TITLES = {
+    "cleanup_runs": "Clean up old runs",
+    "health_check": "Health check",
+    "cleanup_temp_files": "Clean up old temp files",
+    "log_statistics": "Log statistics",
+}
+
+
+def test_operations_are_called_by_their_titles_wherever_the_console_lists_them(operator):
+    page = operator
+    page.goto("/admin/maintenance/run/operations/")
+    assert page.locator("#content .tq-card h2").all_inner_texts() == list(TITLES.values())
+    for name, title in TITLES.items():
+        waiting = run_operation(page, name)  # no worker: each waits, queued
+        assert page.locator("#content h2").first.inner_text().startswith(title)
+    failed_task("cleanup_runs")  # on the dashboard: wait times and the last failures
+    Schedule.objects.create(name="nightly", task_type="log_statistics", interval_seconds=3600)
+    pages = {
+        "/admin/maintenance/run/operations/": "Clean up old temp files",
+        "/admin/taskqueue/task/": "Clean up old temp files",
+        "/admin/taskqueue/task/dashboard/": "Clean up old runs",
+        f"/admin/taskqueue/task/{waiting}/cancel/": "Log statistics",
+        "/admin/taskqueue/schedule/": "Log statistics",
+    }
+    for path, title in pages.items():
+        page.goto(path)
+        text = page.locator("#content").inner_text()
+        assert title in text, path
+        assert not [name for name in TITLES if name in text], path
+    page.goto("/admin/taskqueue/task/")
+    filters = page.locator("#changelist-filter").inner_text()
+    assert all(title in filters for title in TITLES.values())

@@ -1,0 +1,42 @@
+"""Template filters of the console: one vocabulary (titles, status labels), one clock."""
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django import template
+from django.utils import timezone
+from django.utils.safestring import SafeString
+from django.utils.timesince import timesince
+
+from taskqueue.admin import display
+from taskqueue.registry import task_title
+
+register = template.Library()
+
+
+@register.filter(name="task_title")
+def task_title_filter(name: str) -> str:
+    """`cleanup_runs` → "Clean up old runs"."""
+    return task_title(name)
+
+
+@register.filter
+def status_label(status: str) -> str:
+    """A task status as the console says it (`leased` → "Running")."""
+    return display.status_label(status)
+
+
+@register.filter
+def ago(moment: datetime | None) -> str:
+    """ "just now" under a minute, else "3 minutes ago" (Django's timesince)."""
+    if moment is None:
+        return "—"
+    if timezone.now() - moment < timedelta(minutes=1):
+        return "just now"
+    return f"{timesince(moment)} ago"
+
+
+@register.filter
+def pretty_json(value: Any) -> SafeString:
+    """A JSON value, indented, in a <pre> (escaped)."""
+    return display.pretty_json(value)
