@@ -53,14 +53,17 @@ def task_context(request: HttpRequest, task: Task) -> dict[str, Any]:
     result_template = select_template(
         [f"admin/results/{task.task_type}.html", "admin/results/default.html"]
     )
+    # A type's own template shows the result for people; the JSON stays a click away.
+    custom = result_template.origin.template_name != "admin/results/default.html"
     return {
         "task": task,
         "badge": status_badge(task.status),
         "attempt_rows": detail["attempt_history"],
         "payload_html": pretty_json(task.payload),
-        "result_html": result_template.render({"result": task.result or {}, "task": task})
+        "result_html": result_template.render({"result": task.result, "task": task})
         if task.result is not None
         else "",
+        "result_json": pretty_json(task.result) if custom and task.result is not None else "",
         "wait": duration(wait_seconds(task)),
         "run": duration(run_seconds(task)),
         "can_operate": request.user.has_perm("taskqueue.change_task"),

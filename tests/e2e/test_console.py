@@ -1,8 +1,11 @@
 """The console's rough edges, in a real Chromium: links, layout, flags, words and clocks."""
 
+import json
+
 import pytest
 
 from taskqueue.models import Schedule, Task
+from taskqueue.services import enqueue_task
 from tests.e2e.browser import BROWSER_TEST, log_in, run_operation
 
 pytestmark = BROWSER_TEST
@@ -89,3 +92,27 @@ def test_operations_are_called_by_their_titles_wherever_the_console_lists_them(o
     page.goto("/admin/taskqueue/task/")
     filters = page.locator("#changelist-filter").inner_text()
     assert all(title in filters for title in TITLES.values())
+
+
+def test_results_and_payloads_render_as_formatted_json_never_a_python_repr(
+    operator, worker_process
+):
+    page = operator
+    task, _ = enqueue_task("ping")
+    page.goto(f"/admin/taskqueue/task/{task.pk}/change/")
+    page.wait_for_selector(".tq-status-queued")
+    worker_process()
+    page.wait_for_selector("#tq-result pre.tq-json", timeout=60_000)  # the live block, swapped in
+    task.refresh_from_db()
+    shown = page.locator("#tq-result pre.tq-json").inner_text()
+    assert json.loads(shown) == task.result and '\n  "pong": true' in shown
+    assert "'pong'" not in page.locator("#content").inner_text()
+
+    # A result and a payload with text beyond ASCII, nested: indented JSON, characters as is.
+    other = Task.objects.create(task_type="ping", status="completed", payload={"note": "naïve"},
+                                result={"pong": True, "nested": {"café": ["ü", None]}})  # fmt: skip
+    page.goto(f"/admin/taskqueue/task/{other.pk}/change/")
+    blocks = page.locator("pre.tq-json").all_inner_texts()
+    assert [json.loads(text) for text in blocks] == [other.result, other.payload]
+    assert '"café": [\n      "ü",\n      null\n    ]' in blocks[0]
+    assert "True" not in page.locator("#content").inner_text()

@@ -3,11 +3,13 @@
 import pytest
 from django.test import Client
 
+from taskqueue.models import Task
 from tests.conftest import user_with
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-DASHBOARD = "/admin/taskqueue/task/dashboard/"
+TASKS = "/admin/taskqueue/task/"
+DASHBOARD = f"{TASKS}dashboard/"
 OPERATIONS = "/admin/maintenance/run/operations/"
 
 
@@ -37,3 +39,28 @@ def test_the_index_and_sidebar_offer_the_pages_the_user_may_open(
         assert (f'href="{OPERATIONS}"' in html) is operations
     if operations:  # the app's own page lists it too, for a user who sees no Run
         assert f'href="{OPERATIONS}"' in client.get("/admin/maintenance/").content.decode()
+
+
+@pytest.fixture
+def admin_client_(admin_user, redis_db) -> Client:
+    client = Client()
+    client.force_login(admin_user)
+    return client
+
+
+def test_a_result_shows_as_indented_json_in_the_page_and_its_live_block(admin_client_):
+    task = Task.objects.create(task_type="ping", status="completed", result={"pong": True})
+    for html in (
+        admin_client_.get(f"{TASKS}{task.pk}/change/").content.decode(),
+        admin_client_.get(f"{TASKS}{task.pk}/live/").json()["html"],
+    ):
+        assert '<pre class="tq-json">{\n  &quot;pong&quot;: true\n}</pre>' in html
+        assert "{&#x27;pong&#x27;: True}" not in html
+
+
+def test_a_result_with_a_template_of_its_type_keeps_its_json_a_click_away(admin_client_):
+    result = {"status": "ok", "reasons": [], "checks": {}}
+    task = Task.objects.create(task_type="health_check", status="completed", result=result)
+    page = admin_client_.get(f"{TASKS}{task.pk}/change/").content.decode()
+    assert "Overall" in page and "<summary>As JSON</summary>" in page
+    assert "&quot;status&quot;: &quot;ok&quot;" in page
