@@ -142,7 +142,9 @@ class TaskAdmin(admin.ModelAdmin):
     @admin.action(description="Cancel or stop selected tasks", permissions=["operate"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> TemplateResponse | None:
         if "confirm" not in request.POST:
-            return self._confirm(request, queryset, "cancel_selected", "Cancel or stop")
+            return self._confirm(
+                request, queryset, "cancel_selected", "Cancel or stop", "cancelled or stopped"
+            )
         for task in queryset:
             try:
                 outcome = cancel_task(task, by=request.user, wait=0)
@@ -156,7 +158,7 @@ class TaskAdmin(admin.ModelAdmin):
     @admin.action(description="Retry selected tasks", permissions=["operate"])
     def retry_selected(self, request: HttpRequest, queryset: QuerySet) -> TemplateResponse | None:
         if "confirm" not in request.POST:
-            return self._confirm(request, queryset, "retry_selected", "Retry")
+            return self._confirm(request, queryset, "retry_selected", "Retry", "retried")
         for task in queryset:
             try:
                 new = retry_task(task, by=request.user, source="admin")
@@ -167,8 +169,9 @@ class TaskAdmin(admin.ModelAdmin):
         return None
 
     def _confirm(
-        self, request: HttpRequest, queryset: QuerySet, action: str, verb: str
+        self, request: HttpRequest, queryset: QuerySet, action: str, verb: str, done: str
     ) -> TemplateResponse:
+        """The confirmation page of a bulk action: `verb` it, or say what cannot be `done`."""
         context = {
             **self.admin_site.each_context(request),
             "title": f"{verb} {queryset.count()} tasks?",
@@ -176,6 +179,7 @@ class TaskAdmin(admin.ModelAdmin):
             "tasks": queryset.order_by("-id")[:200],
             "action": action,
             "verb": verb,
+            "done": done,
             "selected": request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME),
         }
         return TemplateResponse(request, "admin/taskqueue/task/confirm_action.html", context)

@@ -28,7 +28,13 @@ def browser() -> Iterator:
 
 @pytest.fixture
 def page(browser, live_server_url, redis_db):
-    context = browser.new_context(base_url=live_server_url, viewport={"width": 1440, "height": 900})
+    # A browser far from UTC, in a 12-hour locale: a time shown in the browser's zone shows.
+    context = browser.new_context(
+        base_url=live_server_url,
+        viewport={"width": 1440, "height": 900},
+        timezone_id="America/New_York",
+        locale="en-US",
+    )
     page = context.new_page()
     page.set_default_timeout(30_000)
     # Shown by pytest when a test fails: what the page's scripts said.

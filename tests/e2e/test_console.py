@@ -1,6 +1,8 @@
 """The console's rough edges, in a real Chromium: links, layout, flags, words and clocks."""
 
 import json
+import re
+from datetime import UTC, datetime
 
 import pytest
 
@@ -116,3 +118,46 @@ def test_results_and_payloads_render_as_formatted_json_never_a_python_repr(
     assert [json.loads(text) for text in blocks] == [other.result, other.payload]
     assert '"café": [\n      "ü",\n      null\n    ]' in blocks[0]
     assert "True" not in page.locator("#content").inner_text()
+
+
+def test_one_vocabulary_and_one_clock(operator):
+    page = operator
+    running = Task.objects.create(task_type="health_check", status="queued")
+    running.lease(dispatch=0, worker_name="w1")
+    failed_task("log_statistics")
+    waiting = Task.objects.create(task_type="ping")
+    Schedule.objects.create(name="hourly", task_type="health_check", interval_seconds=3600,
+                            next_run_at=datetime(2026, 11, 28, 22, 44, 17, tzinfo=UTC))  # fmt: skip
+
+    page.goto("/admin/taskqueue/task/dashboard/")
+    counts = page.locator("#tq-counts").inner_text()
+    assert "Running\t1" in counts and "leased" not in counts
+    failures = page.locator("#tq-failures").inner_text()
+    assert "just now" in failures and "minutes" not in failures
+    waiting.cancel()  # an event: the dashboard refreshes itself and stamps the time
+    page.wait_for_function("document.getElementById('tq-refreshed').textContent !== ''")
+    text = page.locator("#tq-refreshed").inner_text()
+    assert re.fullmatch(r"Last: \d\d:\d\d:\d\d UTC", text), text
+    hours, minutes, seconds = map(int, text[6:14].split(":"))
+    now = datetime.now(UTC)
+    off = (hours - now.hour) * 3600 + (minutes - now.minute) * 60 + seconds - now.second
+    assert abs((off + 43200) % 86400 - 43200) < 30  # UTC, give or take the refresh
+
+    for path in ("/admin/taskqueue/task/", f"/admin/taskqueue/task/{running.pk}/change/"):
+        page.goto(path)
+        assert "Running" in page.locator(".tq-badge").all_inner_texts()
+        assert "leased" not in page.locator("#content").inner_text().lower()
+    page.goto("/admin/taskqueue/task/")
+    assert "Running" in page.locator("#changelist-filter").inner_text()
+
+    page.goto("/admin/taskqueue/schedule/")
+    assert "2026-11-28 22:44:17 UTC" in page.locator("#result_list").inner_text()
+    assert not re.search(r"[ap]\.m\.", page.locator("#content").inner_text())
+
+    page.goto("/admin/taskqueue/task/")
+    page.locator(f"input[name=_selected_action][value='{running.pk}']").check()
+    page.select_option("select[name=action]", "cancel_selected")
+    page.click("button[name=index]")
+    text = page.locator("#content").inner_text()
+    assert "Tasks that cannot be cancelled or stopped are left alone" in text
+    assert "stoped" not in text and "cancel or stop" not in text.replace("Cancel or stop", "")
