@@ -23,6 +23,12 @@ DEFAULTS: dict[str, Any] = {
     # A worker (or rqcron) whose heartbeat is older than this is not alive. RQ workers
     # heartbeat at least every worker_ttl - 15 s (405 s by default) while idle.
     "WORKER_STALE_SECONDS": 480,
+    # The dashboard calls a worker stale when its heartbeat is older than the interval the
+    # worker says it heartbeats at in its state (idle: every 10 s; busy: every
+    # JOB_MONITORING_INTERVAL) plus this; and flags a queue whose oldest job has waited more
+    # than IDLE_WAIT_SECONDS while a worker listening on it says it is idle.
+    "HEARTBEAT_GRACE": 15,
+    "IDLE_WAIT_SECONDS": 15,
     "CRON_STALE_SECONDS": 180,
     # How often a worker checks on its work horse and heartbeats (RQ's 30 s), and how long
     # past a missed heartbeat RQ's cleanup waits before calling the job abandoned (RQ's 60 s):

@@ -175,6 +175,15 @@ class Worker(RQWorker):
     def dequeue_timeout(self) -> int:
         return min(super().dequeue_timeout, IDLE_WAKE_SECONDS)
 
+    def serialize(self) -> dict:
+        """RQ's fields of the worker's hash, and how often it heartbeats, idle and busy (for
+        the dashboard to tell a silent worker from a quiet one)."""
+        return {
+            **super().serialize(),
+            backend.IDLE_HEARTBEAT_FIELD: self.dequeue_timeout,
+            backend.BUSY_HEARTBEAT_FIELD: self.job_monitoring_interval,
+        }
+
     # Redis lost: RQ's loop quits on a Redis error anywhere but in its wait for a job; this
     # worker carries on (the rows are the truth meanwhile) and waits there for Redis instead.
 

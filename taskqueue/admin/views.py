@@ -146,6 +146,9 @@ def dashboard_context() -> dict[str, Any]:
         queues, workers = monitoring.queue_stats(), monitoring.worker_stats()
     except Exception:  # Redis down: the database half still renders
         queues = workers = None
+    idle_waits = monitoring.waiting_while_idle(queues, workers) if queues is not None else []
+    for queue in queues or ():
+        queue["idle_wait"] = queue["name"] in idle_waits
     stats = task_stats()
     rates = {
         label: monitoring.failure_rate_alert(window)
@@ -155,6 +158,7 @@ def dashboard_context() -> dict[str, Any]:
     return {
         "queues": queues,
         "workers": workers,
+        "idle_waits": [q for q in queues or () if q["idle_wait"]],
         "counts": stats["counts_by_status"],
         "rates": rates,
         "threshold": conf.FAILURE_RATE_THRESHOLD,

@@ -314,25 +314,40 @@ def queue_snapshot() -> list[dict]:
     return snapshot
 
 
+# Fields our worker adds to RQ's hash of a worker: how often it heartbeats, in seconds,
+# while it waits for a job and while it runs one (RQ's own workers do not say).
+IDLE_HEARTBEAT_FIELD = "taskqueue_idle_heartbeat"
+BUSY_HEARTBEAT_FIELD = "taskqueue_busy_heartbeat"
+
+
 def worker_snapshot() -> list[dict]:
-    """The workers registered in Redis, with their heartbeat age in seconds."""
+    """The workers registered in Redis, with their heartbeat age and, when the worker says,
+    its heartbeat interval in its current state (None when unknown), in seconds."""
     from rq.worker import Worker
 
     now = datetime.now(tz=UTC)
     workers = []
-    for worker in Worker.all(connection=get_connection()):
+    found = Worker.all(connection=get_connection())
+    with get_connection().pipeline(transaction=False) as pipeline:
+        for worker in found:
+            pipeline.hmget(worker.key, IDLE_HEARTBEAT_FIELD, BUSY_HEARTBEAT_FIELD)
+        intervals = pipeline.execute()
+    for worker, (idle, busy) in zip(found, intervals, strict=True):
         beat = worker.last_heartbeat
+        state = worker.get_state()
+        interval = idle if state == "idle" else busy if state == "busy" else None
         workers.append(
             {
                 "name": worker.name,
                 "hostname": worker.hostname,
                 "pid": worker.pid,
-                "state": worker.get_state(),
+                "state": state,
                 "current_job": worker.get_current_job_id(),
                 "queues": worker.queue_names(),
                 "heartbeat_age_seconds": (
                     (now - beat.replace(tzinfo=UTC)).total_seconds() if beat else None
                 ),
+                "heartbeat_interval_seconds": float(interval) if interval else None,
             }
         )
     return sorted(workers, key=lambda w: w["name"])

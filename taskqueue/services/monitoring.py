@@ -17,9 +17,47 @@ def queue_stats() -> list[dict[str, Any]]:
 
 
 def worker_stats(*, stale_after: float | None = None) -> list[dict[str, Any]]:
-    """Registered workers; `alive` is False when the heartbeat is older than `stale_after`."""
+    """Registered workers; `alive` is False when the heartbeat is older than `stale_after`.
+
+    `stale` is stricter: the heartbeat is older than the worker's own interval in its state
+    (idle or busy) plus HEARTBEAT_GRACE, so a frozen worker shows within seconds, not
+    minutes; `stale_after_seconds` is that bound (WORKER_STALE_SECONDS when the worker does
+    not say its interval).
+    """
     limit = conf.WORKER_STALE_SECONDS if stale_after is None else stale_after
-    return _with_alive(backend.worker_snapshot(), limit)
+    workers = _with_alive(backend.worker_snapshot(), limit)
+    for worker in workers:
+        interval = worker["heartbeat_interval_seconds"]
+        bound = interval + conf.HEARTBEAT_GRACE if interval else conf.WORKER_STALE_SECONDS
+        age = worker["heartbeat_age_seconds"]
+        worker["stale_after_seconds"] = bound
+        worker["stale"] = age is None or age > bound
+    return workers
+
+
+def waiting_while_idle(queues: list[dict[str, Any]], workers: list[dict[str, Any]]) -> list[str]:
+    """The queues whose oldest job has waited over IDLE_WAIT_SECONDS while a worker that
+    listens on the queue says it is idle and has not heartbeaten since the job came.
+
+    An idle worker takes a job at once: one that says idle while a job waits is frozen, cut
+    off from Redis, or not what it says. (A worker idle for a moment between two jobs has
+    just heartbeaten, so a backlog behind busy workers is not flagged.)
+    """
+    flagged = []
+    for queue in queues:
+        waited = queue["oldest_age_seconds"]
+        if waited is None or waited <= conf.IDLE_WAIT_SECONDS:
+            continue
+        if any(
+            worker["state"] == "idle"
+            and queue["name"] in worker["queues"]
+            and (
+                worker["heartbeat_age_seconds"] is None or worker["heartbeat_age_seconds"] > waited
+            )
+            for worker in workers
+        ):
+            flagged.append(queue["name"])
+    return flagged
 
 
 def cron_stats(*, stale_after: float | None = None) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -35,9 +36,9 @@ def log_in(page, username: str, password: str) -> None:
     page.wait_for_load_state()
 
 
-def shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+def shot(page, name: str, directory: Path = SHOTS) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(directory / f"{name}.png"), full_page=True)
 
 
 def run_operation(page, name: str, fields: dict[str, str] | None = None) -> int:
@@ -48,3 +49,34 @@ def run_operation(page, name: str, fields: dict[str, str] | None = None) -> int:
     page.click(f"#op-{name} input[type=submit]")
     page.wait_for_url("**/admin/taskqueue/task/*/change/")
     return int(page.url.rstrip("/").split("/")[-2])
+
+
+# Problems of the tables under `root`: a cell whose content overflows it (clipped or
+# scrolled), a card scrolled sideways, a word broken across two lines, and (for the cells
+# matching `oneLine`) a text on more than one line.
+LAYOUT_PROBLEMS = """([root, oneLine]) => {
+  const problems = [];
+  const where = (el) => `${el.closest("[id]").id} ${el.tagName} "${el.textContent.trim()}"`;
+  const lines = (range) => new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size;
+  for (const card of document.querySelectorAll(root)) {
+    if (card.scrollWidth > card.clientWidth) problems.push(`${card.id} scrolls sideways`);
+    for (const cell of card.querySelectorAll("th, td")) {
+      if (cell.scrollWidth > cell.clientWidth) problems.push(`${where(cell)} overflows`);
+      const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+      for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        for (const match of node.data.matchAll(/\\S+/g)) {
+          const range = document.createRange();
+          range.setStart(node, match.index);
+          range.setEnd(node, match.index + match[0].length);
+          if (lines(range) > 1) problems.push(`${where(cell)}: "${match[0]}" broken`);
+        }
+      }
+      if (cell.matches(oneLine)) {
+        const range = document.createRange();
+        range.selectNodeContents(cell);
+        if (lines(range) > 1) problems.push(`${where(cell)} on ${lines(range)} lines`);
+      }
+    }
+  }
+  return problems;
+}"""

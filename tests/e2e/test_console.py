@@ -1,14 +1,17 @@
 """The console's rough edges, in a real Chromium: links, layout, flags, words and clocks."""
 
 import json
+import os
 import re
+import signal
 from datetime import UTC, datetime
 
 import pytest
 
 from taskqueue.models import Schedule, Task
-from taskqueue.services import enqueue_task
-from tests.e2e.browser import BROWSER_TEST, log_in, run_operation
+from taskqueue.services import enqueue_task, monitoring
+from tests.e2e.browser import BROWSER_TEST, LAYOUT_PROBLEMS, log_in, run_operation, shot
+from tests.helpers import ROOT, wait_for
 
 pytestmark = BROWSER_TEST
 
@@ -161,3 +164,61 @@ def test_one_vocabulary_and_one_clock(operator):
     text = page.locator("#content").inner_text()
     assert "Tasks that cannot be cancelled or stopped are left alone" in text
     assert "stoped" not in text and "cancel or stop" not in text.replace("Cancel or stop", "")
+
+
+@pytest.mark.parametrize("width", [1024, 1400, 1920])
+def test_the_dashboard_holds_its_tables_from_1024_to_1920_px(operator, worker_process, width):
+    page = operator
+    worker_process()
+    done = [enqueue_task("ping")[0] for _ in range(3)]
+    done.append(enqueue_task("diagnostic", {"action": "fail"}, max_attempts=1)[0])
+    wait_for(lambda: Task.objects.filter(pk__in=[t.pk for t in done]).terminal().count() == 4)
+    busy, _ = enqueue_task("diagnostic", {"action": "sleep", "seconds": 8})
+    wait_for(lambda: Task.objects.get(pk=busy.pk).status == "leased")
+    for _ in range(3):  # waiting behind the busy worker
+        enqueue_task("health_check")
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto("/admin/taskqueue/task/dashboard/")
+    page.wait_for_selector("#tq-workers [data-worker]")
+    page.wait_for_selector("#tq-queues [data-queue=default]")
+    assert page.locator("#tq-queues [data-queue=default] td").nth(1).inner_text() == "3"
+    problems = page.evaluate(LAYOUT_PROBLEMS, ["#tq-queues", "#tq-queues th, #tq-queues td"])
+    problems += page.evaluate(LAYOUT_PROBLEMS, [".tq-card", ".tq-card th"])
+    assert problems == [], problems
+    shot(page, f"dashboard-{width}", ROOT / "docs" / "img")
+
+
+def test_a_frozen_worker_shows_stale_and_its_waiting_queue_is_flagged(operator, worker_process):
+    page = operator
+    worker = worker_process()
+    wait_for(lambda: [w["state"] for w in monitoring.worker_stats()] == ["idle"])
+    page.goto("/admin/taskqueue/task/dashboard/")
+    heartbeat = page.locator("#tq-workers .tq-heartbeat")
+    assert "tq-ok" in heartbeat.get_attribute("class")
+    assert page.locator(".tq-idle-wait").count() == 0
+
+    os.kill(worker.pid, signal.SIGSTOP)  # frozen, idle, its heartbeat no longer moves
+    try:
+        # The first job may go to the frozen worker's pending BLPOP (Redis pops it for the
+        # worker); the second waits in the queue.
+        tasks = [enqueue_task("ping")[0] for _ in range(2)]
+
+        def flagged() -> bool:
+            page.reload()
+            return page.locator(".tq-idle-wait[data-queue=default]").count() == 1 and (
+                "stale" in heartbeat.inner_text()
+            )
+
+        wait_for(flagged, timeout=60, interval=2)
+        assert re.fullmatch(r"stale — no heartbeat for \d+ s", heartbeat.inner_text())
+        assert "tq-firing" in heartbeat.get_attribute("class")
+        assert page.locator("#tq-workers td").nth(1).inner_text() == "idle"  # what RQ says
+        assert "jobs waiting while workers idle" in page.locator(".tq-idle-wait").inner_text()
+        shot(page, "dashboard-frozen-worker")
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    done = Task.objects.filter(pk__in=[t.pk for t in tasks], status="completed")
+    wait_for(lambda: done.count() == 2, timeout=30)
+    page.reload()
+    assert "tq-ok" in heartbeat.get_attribute("class")
+    assert page.locator(".tq-idle-wait").count() == 0

@@ -139,3 +139,26 @@ def test_health_check_reports_firing_alerts(redis_db, roots):
     result = health_check()
     assert result["checks"]["alerts"]["status"] == "degraded"
     assert any(r.startswith("alerts: ") and "queue_waiting:default" in r for r in result["reasons"])
+
+
+def test_a_worker_says_its_heartbeat_intervals_and_goes_stale_past_them(redis_db):
+    from rq.utils import utcformat
+
+    from taskqueue.conf import conf
+    from taskqueue.services import monitoring
+    from taskqueue.worker import Worker
+
+    worker = Worker([backend.get_queue("default")], connection=redis_db)
+    worker.register_birth()
+    worker.set_state("idle")
+    [seen] = monitoring.worker_stats()
+    grace = conf.HEARTBEAT_GRACE
+    assert (seen["heartbeat_interval_seconds"], seen["stale_after_seconds"]) == (10, 10 + grace)
+    assert seen["stale"] is False
+    redis_db.hset(worker.key, "last_heartbeat", utcformat(timezone.now() - timedelta(seconds=30)))
+    [seen] = monitoring.worker_stats()
+    assert seen["stale"] is True and seen["alive"] is True  # stale long before RQ's 480 s
+    worker.set_state("busy")
+    [seen] = monitoring.worker_stats()  # busy: it heartbeats every JOB_MONITORING_INTERVAL
+    assert seen["stale_after_seconds"] == conf.JOB_MONITORING_INTERVAL + grace
+    assert seen["stale"] is (conf.JOB_MONITORING_INTERVAL + grace < 30)
