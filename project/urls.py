@@ -5,6 +5,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from taskqueue.admin.views import favicon
+from taskqueue.api.docs import redoc_script
 from taskqueue.api.exceptions import api_not_found
 from taskqueue.api.views import ApiRootView, MetricsView
 
@@ -18,6 +19,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("api/redoc/redoc.standalone.js", redoc_script, name="redoc-script"),
     path("api/auth/", include("rest_framework.urls")),
     path("metrics", MetricsView.as_view(), name="metrics"),
     re_path(r"^api/", api_not_found),

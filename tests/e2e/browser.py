@@ -36,9 +36,9 @@ def log_in(page, username: str, password: str) -> None:
     page.wait_for_load_state()
 
 
-def shot(page, name: str, directory: Path = SHOTS) -> None:
+def shot(page, name: str, directory: Path = SHOTS, *, full_page: bool = True) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(directory / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(directory / f"{name}.png"), full_page=full_page)
 
 
 def run_operation(page, name: str, fields: dict[str, str] | None = None) -> int:

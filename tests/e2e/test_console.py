@@ -5,6 +5,7 @@ import os
 import re
 import signal
 from datetime import UTC, datetime
+from urllib.parse import urlparse
 
 import pytest
 
@@ -222,3 +223,24 @@ def test_a_frozen_worker_shows_stale_and_its_waiting_queue_is_flagged(operator, 
     page.reload()
     assert "tq-ok" in heartbeat.get_attribute("class")
     assert page.locator(".tq-idle-wait").count() == 0
+
+
+@pytest.mark.parametrize("path", ["/api/redoc/", "/api/docs/"])
+def test_the_api_docs_load_nothing_from_outside(operator, path):
+    page = operator
+    outside = []
+
+    def record(request) -> None:
+        url = urlparse(request.url)
+        if url.scheme not in ("data", "blob") and url.hostname != "127.0.0.1":
+            outside.append(request.url)
+
+    page.on("request", record)
+    errors = []
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.goto(path)
+    page.wait_for_selector("text=Task queue for operations")
+    page.wait_for_load_state("networkidle")
+    assert outside == []
+    assert errors == []  # nothing refused by the page's policy either
+    shot(page, "api-docs" + path.replace("/", "-").rstrip("-"), full_page=False)

@@ -1,5 +1,7 @@
 """The console's admin-only logic: links by permission, words, formats, results."""
 
+import re
+
 import pytest
 from django.test import Client
 
@@ -64,3 +66,12 @@ def test_a_result_with_a_template_of_its_type_keeps_its_json_a_click_away(admin_
     page = admin_client_.get(f"{TASKS}{task.pk}/change/").content.decode()
     assert "Overall" in page and "<summary>As JSON</summary>" in page
     assert "&quot;status&quot;: &quot;ok&quot;" in page
+
+
+def test_the_redoc_page_and_its_script_name_nothing_outside_this_server(admin_client_):
+    page = admin_client_.get("/api/redoc/").content.decode()
+    script = admin_client_.get("/api/redoc/redoc.standalone.js")
+    assert "/api/redoc/redoc.standalone.js" in page and "Content-Security-Policy" in page
+    assert not re.findall(r"https?://", page.replace("http://www.w3.org", ""))
+    assert script.status_code == 200 and script["Content-Type"] == "text/javascript"
+    assert b"Redoc" in script.content and b"cdn.redoc.ly" not in script.content
