@@ -1,7 +1,8 @@
-"""Task change events, published on Redis pub/sub after each transition commits.
+"""Task events, published on Redis pub/sub: a task's creation (in the pipeline that
+enqueues its job) and each transition (once it commits).
 
-The event stream endpoint (`…/tasks/{id}/events`) relays them to clients; a lost event
-costs nothing durable (the database has the state), so publishing never fails a caller.
+The event stream endpoints (`…/events`, `…/tasks/{id}/events`) relay them to clients; a lost
+event costs nothing durable (the database has the state), so publishing never fails a caller.
 """
 
 import contextlib
@@ -27,13 +28,15 @@ def channel(task_id: int) -> str:
 
 
 def snapshot(task: "Task") -> dict:
-    """What an event says about a task: its state, attempt and progress."""
+    """What an event says about a task: its type, state, attempt and progress (in percent,
+    to 0.1, as the console shows it)."""
     return {
         "task_id": task.pk,
+        "task_type": task.task_type,
         "status": task.status,
         "attempts": task.attempts,
         "max_attempts": task.max_attempts,
-        "progress": task.progress,
+        "progress": None if task.progress is None else round(task.progress, 1),
         "progress_message": task.progress_message,
         "error_code": task.error_code,
         "updated_at": task.updated_at,
@@ -43,6 +46,18 @@ def snapshot(task: "Task") -> dict:
 def task_changed(task: "Task") -> None:
     """Publish the task's new state once the current transaction commits."""
     transaction.on_commit(lambda: _publish(task))
+
+
+def created(task: "Task") -> tuple[str, str]:
+    """The event announcing a new task, as (channel, message), for the MULTI/EXEC that
+    enqueues its job (backend.dispatch) to publish: no round trip of its own, and no worker
+    can announce the task's lease before it."""
+    return channel(task.pk), json.dumps(snapshot(task), cls=DjangoJSONEncoder)
+
+
+def task_created(task: "Task") -> None:
+    """Publish a new task's first event now (where no job is enqueued: inline runs)."""
+    _publish(task)
 
 
 # Events kept by `held()` for the caller's next Redis pipeline: (channel, message).

@@ -1,8 +1,14 @@
-"""Server-Sent Events: a task's state on every change, until it is terminal.
+"""Server-Sent Events: a task's state on every change, until it is terminal; every task's.
 
 An async view: a waiting client holds no thread and no database connection, only a queue
 fed by the process's single Redis pub/sub listener (backend.EventHub). The database is
 read at the start and after a Redis reconnection, in a pooled thread, connection closed.
+
+Every event has an `id:`, increasing along a stream and never below the time (microseconds
+since the epoch) of the change it carries. Pub/sub keeps nothing, so a client that comes
+back with `Last-Event-ID` is resumed from the database, the truth: the task's state now
+(a task's stream), or the state of every task changed since that time, less
+RESUME_SLACK_SECONDS (the global stream); or, if that is too much, a `resync` event.
 """
 
 import asyncio
@@ -26,6 +32,13 @@ from rest_framework.request import Request
 
 from taskqueue import backend, events
 from taskqueue.api.authentication import CachedTokenAuthentication
+from taskqueue.api.event_ids import (
+    EventIds,
+    changed_since,
+    last_event_id,
+    now_version,
+    version_of,
+)
 from taskqueue.models import MAX_ID, Task
 
 KEEPALIVE_SECONDS = 15
@@ -76,8 +89,15 @@ def _snapshot(task_id: int) -> dict[str, Any] | None:
         connections.close_all()
 
 
-def _frame(data: dict[str, Any]) -> str:
-    return f"event: task\ndata: {json.dumps(data, cls=DjangoJSONEncoder)}\n\n"
+def _frame(data: dict[str, Any], ids: EventIds, raw: str | None = None) -> str:
+    """An `event: task` with its id; `raw` is `data` as published, sent as it is."""
+    body = raw if raw is not None else json.dumps(data, cls=DjangoJSONEncoder)
+    return f"id: {ids.next(version_of(data))}\nevent: task\ndata: {body}\n\n"
+
+
+def _resync(ids: EventIds) -> str:
+    """Events were lost: the client re-reads what it shows (the dashboard refreshes)."""
+    return f"id: {ids.next(now_version())}\nevent: resync\ndata: {{}}\n\n"
 
 
 async def _subscribe(
@@ -110,6 +130,7 @@ async def task_events(request: HttpRequest, pk: int) -> HttpResponse:
     if refused is not None:
         return refused
     subscription, queue = opened
+    ids = EventIds(last_event_id(request) or 0)
 
     async def stream() -> AsyncIterator[str]:
         try:
@@ -117,7 +138,7 @@ async def task_events(request: HttpRequest, pk: int) -> HttpResponse:
             yield "retry: 3000\n\n"
             if snapshot is None:
                 return
-            yield _frame(snapshot)
+            yield _frame(snapshot, ids)  # the state now: what a resuming client missed
             if snapshot["status"] in events.TERMINAL:
                 return
             async for item in _items(queue):
@@ -130,7 +151,7 @@ async def task_events(request: HttpRequest, pk: int) -> HttpResponse:
                     snapshot = json.loads(item)
                 if snapshot is None:
                     return
-                yield _frame(snapshot)
+                yield _frame(snapshot, ids)
                 if snapshot["status"] in events.TERMINAL:
                     return
         finally:
@@ -140,22 +161,31 @@ async def task_events(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 async def all_events(request: HttpRequest) -> HttpResponse:
-    """GET …/events: an `event: task` frame for every change of any task (the dashboard)."""
+    """GET …/events: an `event: task` frame for every task created and every change of any
+    task (the dashboard); with `Last-Event-ID`, first what changed since."""
     refused, opened = await _subscribe(request, None, backend.EventHub.EVERYTHING)
     if refused is not None:
         return refused
     subscription, queue = opened
+    last = last_event_id(request)
+    ids = EventIds(last or 0)
 
     async def stream() -> AsyncIterator[str]:
         try:
             yield "retry: 3000\n\n"
+            if last is not None:  # subscribed first: nothing falls between replay and live
+                replay = await sync_to_async(changed_since, thread_sensitive=False)(last)
+                if replay is None:
+                    yield _resync(ids)
+                for snapshot in replay or ():
+                    yield _frame(snapshot, ids)
             async for item in _items(queue):
                 if item is None:
                     yield ": keep-alive\n\n"
                 elif item == backend.EventHub.RESYNC:
-                    yield "event: resync\ndata: {}\n\n"
+                    yield _resync(ids)
                 else:
-                    yield f"event: task\ndata: {item.decode()}\n\n"
+                    yield _frame(json.loads(item), ids, item.decode())
         finally:
             await subscription.__aexit__(None, None, None)
 

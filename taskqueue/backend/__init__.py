@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -72,8 +73,12 @@ def _queue(name: str, url: str, pid: int) -> Queue:
     return Queue(name, connection=get_connection())
 
 
-def dispatch(task: "Task", *, delay: int = 0) -> None:
-    """Enqueue the RQ job for the task's current dispatch; QueueUnavailable if Redis is down."""
+def dispatch(task: "Task", *, delay: int = 0, publish: Sequence[tuple[str, str]] = ()) -> None:
+    """Enqueue the RQ job for the task's current dispatch; QueueUnavailable if Redis is down.
+
+    `publish`: (channel, message) events sent in the job's MULTI/EXEC (so before any event
+    of a worker that takes the job).
+    """
     retries = max(task.max_attempts - task.attempts - 1, 0)
     backoff = get_task_type(task.task_type).policy.backoff
     options = {
@@ -92,9 +97,13 @@ def dispatch(task: "Task", *, delay: int = 0) -> None:
     try:
         if delay > 0:
             queue.enqueue_in(timedelta(seconds=delay), JOB_FUNCTION, **options)
+            for name, message in publish:
+                queue.connection.publish(name, message)
         else:  # RQ's two round trips (the queues set, then the job) in one
             with queue.connection.pipeline() as pipeline:
                 queue.enqueue(JOB_FUNCTION, **options, pipeline=pipeline)
+                for name, message in publish:  # in the same MULTI: before any lease's event
+                    pipeline.publish(name, message)
                 pipeline.execute()
     except RedisError as exc:
         raise QueueUnavailable(f"Could not enqueue task {task.pk}: {exc}") from exc

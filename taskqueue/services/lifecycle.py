@@ -11,7 +11,7 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 
-from taskqueue import backend
+from taskqueue import backend, events
 from taskqueue.conf import conf
 from taskqueue.exceptions import (
     InvalidTransition,
@@ -85,6 +85,7 @@ def enqueue_task(
     else:
         from taskqueue.execution import run_inline  # worker-side module, loaded only here
 
+        transaction.on_commit(partial(events.task_created, task))
         transaction.on_commit(partial(run_inline, task.pk))
     return task, True
 
@@ -118,7 +119,7 @@ def _dedup_key(task_type: str, payload: dict[str, Any]) -> str:
 
 def _dispatch(task: Task) -> None:
     try:
-        backend.dispatch(task)
+        backend.dispatch(task, publish=[events.created(task)])  # announced with its job
     except QueueUnavailable as exc:
         logger.warning("Task %s stays queued until Redis is back: %s", task.pk, exc)
 

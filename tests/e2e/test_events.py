@@ -4,6 +4,7 @@ import http.client
 import json
 import socket
 import time
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import psutil
@@ -28,11 +29,11 @@ def token(django_user_model, redis_db) -> str:
 
 
 def open_stream(
-    url: str, path: str, token: str | None, accept: str = "text/event-stream"
+    url: str, path: str, token: str | None, accept: str = "text/event-stream", **extra: str
 ) -> http.client.HTTPResponse:
     parsed = urlparse(url)
     conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
-    headers = {"Accept": accept}
+    headers = {"Accept": accept, **{k.replace("_", "-"): v for k, v in extra.items()}}
     if token:
         headers["Authorization"] = f"Token {token}"
     conn.request("GET", path, headers=headers)
@@ -48,6 +49,30 @@ def frames(response: http.client.HTTPResponse):
             event = line[7:]
         elif line.startswith("data: ") and event == "task":
             yield json.loads(line[6:])
+
+
+@dataclass
+class Event:
+    id: int | None
+    event: str
+    data: dict
+
+
+def events_of(response: http.client.HTTPResponse, *, within: float = 30):
+    """Yield every event of the stream (keep-alives skipped); fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    fields: dict[str, str] = {}
+    for raw in response:
+        assert time.monotonic() < deadline, "the stream did not say it in time"
+        line = raw.decode().rstrip("\n")
+        if line == "":
+            if "event" in fields:
+                event_id = int(fields["id"]) if "id" in fields else None
+                yield Event(event_id, fields["event"], json.loads(fields.get("data", "{}")))
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            fields[name] = value
 
 
 def test_a_task_is_streamed_from_queued_to_completed(live_server_url, token, worker_process):
@@ -141,3 +166,72 @@ def test_two_hundred_idle_clients_hold_no_thread_and_no_database_connection(
     finally:
         for sock in clients:
             sock.close()
+
+
+def test_the_global_stream_announces_new_tasks_and_numbers_every_event(
+    live_server_url, token, worker_process
+):
+    response = open_stream(live_server_url, f"{BASE}/events", token)
+    assert response.status == 200
+    stream = events_of(response)
+    task, _ = enqueue_task("ping")  # created with no worker running: only its creation says
+    created = next(stream)
+    assert (created.event, created.data["task_id"], created.data["status"]) == (
+        "task",
+        task.pk,
+        "queued",
+    )
+    assert (created.data["task_type"], created.data["attempts"]) == ("ping", 0)
+    worker_process()
+    seen = [created]
+    for event in stream:
+        seen.append(event)
+        if event.data.get("task_id") == task.pk and event.data["status"] == "completed":
+            break
+    assert [e.data["status"] for e in seen] == ["queued", "leased", "completed"]
+    ids = [e.id for e in seen]
+    assert None not in ids and ids == sorted(set(ids))
+    updated = Task.objects.get(pk=task.pk).updated_at  # an id is the change's time in µs
+    assert ids[-1] >= int(updated.timestamp() * 1_000_000) - 1000
+
+
+def test_a_client_coming_back_with_last_event_id_gets_what_it_missed(live_server_url, token):
+    first = open_stream(live_server_url, f"{BASE}/events", token)
+    stream = events_of(first)
+    seen, _ = enqueue_task("ping")
+    last = next(stream)
+    assert last.data["task_id"] == seen.pk
+    first.close()
+    missed, _ = enqueue_task("ping")  # while the client was away: created, and cancelled
+    cancelled, _ = enqueue_task("ping")
+    cancelled.cancel()
+
+    again = open_stream(live_server_url, f"{BASE}/events", token, Last_Event_ID=str(last.id))
+    replay = {}
+    ids = []
+    for event in events_of(again):
+        replay[event.data["task_id"]] = event.data["status"]
+        ids.append(event.id)
+        if replay.get(missed.pk) == "queued" and replay.get(cancelled.pk) == "cancelled":
+            break
+    assert ids == sorted(set(ids)) and ids[0] > last.id
+
+    # From too long ago (or with a number that is no id), the client is told to resync.
+    old = open_stream(live_server_url, f"{BASE}/events", token, Last_Event_ID="1")
+    assert next(events_of(old)).event == "resync"
+
+
+def test_a_task_stream_resumes_with_the_state_now_and_rounds_progress(live_server_url, token):
+    task = Task.objects.create(task_type="ping", status="queued")
+    task.lease(dispatch=0, worker_name="w1")
+    task.report_progress(attempt=1, percent=100 / 3, message="a third")
+    path = f"{BASE}/tasks/{task.pk}/events"
+    response = open_stream(live_server_url, path, token, Last_Event_ID="5")
+    stream = events_of(response)
+    now = next(stream)
+    assert (now.data["status"], now.data["progress"]) == ("leased", 33.3)
+    assert now.id > 5
+    task.report_progress(attempt=1, percent=200 / 3, message="two thirds")
+    later = next(stream)
+    assert (later.data["progress"], later.data["progress_message"]) == (66.7, "two thirds")
+    assert later.id > now.id

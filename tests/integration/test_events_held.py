@@ -1,4 +1,5 @@
-"""Events the worker keeps for its own pipelines (`events.held`): sent once, never lost."""
+"""Events the worker keeps for its own pipelines (`events.held`): sent once, never lost;
+a new task's announcement."""
 
 import json
 import time
@@ -7,6 +8,7 @@ import pytest
 
 from taskqueue import backend, events
 from taskqueue.models import Task
+from taskqueue.services import enqueue_task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,3 +58,19 @@ def test_a_forked_horse_publishes_its_own_events_at_once(redis_db) -> None:
         events.forget_held()  # what the horse does after the fork
         task.lease(dispatch=0, worker_name="w")
         assert received(pubsub) == ["leased"]
+
+
+def psubscribed():
+    pubsub = backend.get_connection().pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe(f"{events.CHANNEL_PREFIX}*")
+    pubsub.get_message(timeout=1)
+    return pubsub
+
+
+@pytest.mark.parametrize("queued", [True, False])
+def test_a_new_task_is_announced_once_queued_or_run_inline(redis_db, settings, queued) -> None:
+    settings.TASKQUEUE = {**settings.TASKQUEUE, "USE_TASK_QUEUE": queued}
+    pubsub = psubscribed()
+    enqueue_task("ping")
+    expected = ["queued"] if queued else ["queued", "leased", "completed"]
+    assert received(pubsub) == expected
