@@ -32,8 +32,8 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "taskqueue",  # before django_rq: its rqcron command overrides django-rq's
     "django_rq",
-    "taskqueue",
     "maintenance",
 ]
 

@@ -1,0 +1,16 @@
+"""The project's settings for the test suite: the same, except where the logs go.
+
+`make run`'s log_statistics reads var/log/app.log; the suite (and every worker or web
+process it starts: they inherit DJANGO_SETTINGS_MODULE) logs into VAR_DIR/test-log/
+instead, so that a new user's first statistics are not the test suite's errors.
+"""
+
+import copy
+
+from project.settings import *  # noqa: F403
+from project.settings import LOGGING, MAINTENANCE, VAR_DIR
+
+LOG_DIR = VAR_DIR / "test-log"
+MAINTENANCE = {**MAINTENANCE, "LOG_DIR": LOG_DIR}
+LOGGING = copy.deepcopy(LOGGING)
+LOGGING["handlers"]["file"]["filename"] = str(LOG_DIR / "app.log")
