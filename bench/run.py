@@ -249,6 +249,7 @@ class Bench:
     # What each throughput run starts and runs: (kind of worker, its option).
     THROUGHPUT_KINDS = {
         "ping task (mirrored)": ("rq", None),
+        "@task no-op (django.tasks backend, mirrored)": ("rq", None),
         "raw RQ no-op, forking Worker": ("rq", "rq.worker.Worker"),
         "raw RQ no-op, SimpleWorker": ("rq", "rq.worker.SimpleWorker"),
         "Celery prefork + django-celery-results": ("celery", None),
@@ -336,8 +337,14 @@ class Bench:
                         break
                 time.sleep(0.05)
         else:
-            for _ in range(count):
-                enqueue_task("ping")
+            if kind.startswith("@task"):
+                from bench.djtasks import noop
+
+                for _ in range(count):
+                    noop.enqueue()
+            else:
+                for _ in range(count):
+                    enqueue_task("ping")
             done = Task.objects.filter(status="completed")
             while done.count() < count:
                 time.sleep(0.05)
