@@ -81,7 +81,8 @@ def cleanup_runs(max_age_hours: int = 24, dry_run: bool = False) -> dict[str, An
     total = old.count()
     report = Report()
     with fs.open_dir(root) as root_fd:
-        _remove_pending_artifacts(root_fd, root, report)  # left by an interrupted run
+        # Left by an interrupted run: removed first, or only counted in a dry run.
+        retried = _remove_pending_artifacts(root_fd, root, report, dry_run=dry_run)
         last_pk = None
         while True:
             batch = old.order_by("pk")
@@ -97,7 +98,7 @@ def cleanup_runs(max_age_hours: int = 24, dry_run: bool = False) -> dict[str, An
                     _remove_artifacts(root_fd, root, path, report, dry_run=True)
             else:
                 _delete_batch(old, [pk for pk, _ in rows], report)
-                _remove_pending_artifacts(root_fd, root, report)
+                _remove_pending_artifacts(root_fd, root, report, dry_run=False)
             report_progress(
                 100 * report.counts["runs"] / max(total, 1), f"{report.counts['runs']} runs"
             )
@@ -108,6 +109,7 @@ def cleanup_runs(max_age_hours: int = 24, dry_run: bool = False) -> dict[str, An
         "runs_deleted": report.counts["runs"],
         "artifact_dirs_removed": report.counts["dirs"],
         "bytes_removed": report.counts["bytes"],
+        "removals_retried": retried,
         "skipped": dict(report.skipped),
         "errors": report.errors,
     }
@@ -124,11 +126,19 @@ def _delete_batch(old: models.QuerySet, ids: list[int], report: Report) -> None:
     report.counts["runs"] += len(rows)
 
 
-def _remove_pending_artifacts(root_fd: int, root: Path, report: Report) -> None:
-    while pending := list(PendingArtifactRemoval.objects.order_by("pk")[:500]):
+def _remove_pending_artifacts(root_fd: int, root: Path, report: Report, *, dry_run: bool) -> int:
+    """Remove the journal's directories, then its rows (a dry run only counts them); how many."""
+    last_pk = seen = 0
+    while pending := list(
+        PendingArtifactRemoval.objects.filter(pk__gt=last_pk).order_by("pk")[:500]
+    ):
+        last_pk = pending[-1].pk
+        seen += len(pending)
         for item in pending:
-            _remove_artifacts(root_fd, root, item.path, report, dry_run=False)
-        PendingArtifactRemoval.objects.filter(pk__in=[item.pk for item in pending]).delete()
+            _remove_artifacts(root_fd, root, item.path, report, dry_run=dry_run)
+        if not dry_run:
+            PendingArtifactRemoval.objects.filter(pk__in=[item.pk for item in pending]).delete()
+    return seen
 
 
 def _remove_artifacts(

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from maintenance.models import PendingArtifactRemoval, Run
 from maintenance.operations import cleanup_runs
+from tests.helpers import snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -137,3 +138,23 @@ def test_a_run_without_artifacts_or_with_missing_ones_is_deleted(artifacts: Path
     os.rename(artifacts / gone.artifacts_dir, artifacts / "elsewhere")
     result = cleanup_runs(max_age_hours=24)
     assert (result["runs_deleted"], result["artifact_dirs_removed"]) == (2, 0)
+
+
+def test_a_dry_run_changes_nothing_and_reports_the_journal_too(artifacts: Path) -> None:
+    """Directories left in the journal by an earlier run are counted, not removed."""
+    (artifacts / "runs" / "orphan").mkdir(parents=True)
+    (artifacts / "runs" / "orphan" / "data").write_bytes(b"1234")
+    PendingArtifactRemoval.objects.create(path="runs/orphan")
+    old = run(artifacts, "succeeded", 48)
+    before = snapshot(artifacts)
+    result = cleanup_runs(max_age_hours=24, dry_run=True)
+    assert snapshot(artifacts) == before, "a dry run removed files"
+    assert list(PendingArtifactRemoval.objects.values_list("path", flat=True)) == ["runs/orphan"]
+    assert Run.objects.filter(pk=old.pk).exists()
+    assert result["dry_run"] is True
+    assert (result["runs_deleted"], result["artifact_dirs_removed"], result["bytes_removed"]) == (
+        1,
+        2,
+        1004,
+    )
+    assert result["removals_retried"] == 1
