@@ -17,7 +17,7 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.db import connection, models, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from maintenance import fs
@@ -53,10 +53,13 @@ class Report:
         self.skipped: Counter = Counter()
         self.errors: list[str] = []
 
-    def error(self, where: str, exc: OSError) -> None:
+    def error(self, where: str, exc: OSError) -> str:
+        """Count and report an error; its description."""
         self.skipped[_reason(exc)] += 1
+        line = f"{fs.describe(where)}: {exc.strerror or exc}"
         if len(self.errors) < conf.MAX_ERRORS_REPORTED:
-            self.errors.append(f"{fs.describe(where)}: {exc.strerror or exc}")
+            self.errors.append(line)
+        return line
 
 
 def _reason(exc: OSError) -> str:
@@ -81,8 +84,8 @@ def cleanup_runs(max_age_hours: int = 24, dry_run: bool = False) -> dict[str, An
     total = old.count()
     report = Report()
     with fs.open_dir(root) as root_fd:
-        # Left by an interrupted run: removed first, or only counted in a dry run.
-        retried = _remove_pending_artifacts(root_fd, root, report, dry_run=dry_run)
+        journal = _Journal(root_fd, root, report, dry_run=dry_run)
+        retried = journal.drain()  # left by an interrupted or failed run
         last_pk = None
         while True:
             batch = old.order_by("pk")
@@ -98,7 +101,7 @@ def cleanup_runs(max_age_hours: int = 24, dry_run: bool = False) -> dict[str, An
                     _remove_artifacts(root_fd, root, path, report, dry_run=True)
             else:
                 _delete_batch(old, [pk for pk, _ in rows], report)
-                _remove_pending_artifacts(root_fd, root, report, dry_run=False)
+                journal.drain()
             report_progress(
                 100 * report.counts["runs"] / max(total, 1), f"{report.counts['runs']} runs"
             )
@@ -110,6 +113,7 @@ def cleanup_runs(max_age_hours: int = 24, dry_run: bool = False) -> dict[str, An
         "artifact_dirs_removed": report.counts["dirs"],
         "bytes_removed": report.counts["bytes"],
         "removals_retried": retried,
+        "removals_failed": report.counts["failed"],
         "skipped": dict(report.skipped),
         "errors": report.errors,
     }
@@ -126,38 +130,63 @@ def _delete_batch(old: models.QuerySet, ids: list[int], report: Report) -> None:
     report.counts["runs"] += len(rows)
 
 
-def _remove_pending_artifacts(root_fd: int, root: Path, report: Report, *, dry_run: bool) -> int:
-    """Remove the journal's directories, then its rows (a dry run only counts them); how many."""
-    last_pk = seen = 0
-    while pending := list(
-        PendingArtifactRemoval.objects.filter(pk__gt=last_pk).order_by("pk")[:500]
-    ):
-        last_pk = pending[-1].pk
-        seen += len(pending)
-        for item in pending:
-            _remove_artifacts(root_fd, root, item.path, report, dry_run=dry_run)
-        if not dry_run:
-            PendingArtifactRemoval.objects.filter(pk__in=[item.pk for item in pending]).delete()
-    return seen
+class _Journal:
+    """The PendingArtifactRemoval rows, each tried once a run: deleted once its directory is
+    gone, kept with its attempts and last error when the removal failed (retried next run).
+    A dry run only reports them."""
+
+    def __init__(self, root_fd: int, root: Path, report: Report, *, dry_run: bool) -> None:
+        self.root_fd, self.root, self.report, self.dry_run = root_fd, root, report, dry_run
+        self.tried_up_to = 0  # rows with a greater pk are the ones not yet tried in this run
+
+    def drain(self) -> int:
+        """Try the rows not yet tried in this run; how many there were."""
+        tried = 0
+        rows = PendingArtifactRemoval.objects.order_by("pk").values_list("pk", "path")
+        while pending := list(rows.filter(pk__gt=self.tried_up_to)[:500]):
+            self.tried_up_to = pending[-1][0]
+            tried += len(pending)
+            done = []
+            for pk, path in pending:
+                problem = _remove_artifacts(
+                    self.root_fd, self.root, path, self.report, dry_run=self.dry_run
+                )
+                if problem is None:
+                    done.append(pk)
+                elif not self.dry_run:
+                    PendingArtifactRemoval.objects.filter(pk=pk).update(
+                        attempts=F("attempts") + 1,
+                        last_error=problem,
+                        last_attempt_at=timezone.now(),
+                    )
+            if not self.dry_run:
+                PendingArtifactRemoval.objects.filter(pk__in=done).delete()
+        return tried
 
 
 def _remove_artifacts(
     root_fd: int, root: Path, path: str, report: Report, *, dry_run: bool
-) -> None:
+) -> str | None:
+    """Remove a run's artifacts; None once they are gone (or can never be ours to remove),
+    else why they are still there."""
     if not path:
-        return
+        return None
     parts = fs.relative_parts(path, root)
     if parts is None:
         report.skipped["outside_root"] += 1
-        return
+        return None
     try:
         size = fs.remove_below(root_fd, parts, dry_run=dry_run)
     except OSError as exc:
-        report.error(path, exc)
-        return
+        problem = report.error(path, exc)
+        if fs.is_missing(exc):
+            return None
+        report.counts["failed"] += 1
+        return problem
     if size is not None:
         report.counts["dirs"] += 1
         report.counts["bytes"] += size
+    return None
 
 
 # cleanup_temp_files ------------------------------------------------------------------

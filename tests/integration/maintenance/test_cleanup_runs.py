@@ -1,6 +1,9 @@
 """cleanup_runs: finished runs past the cutoff go with their artifacts; nothing else."""
 
 import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -158,3 +161,43 @@ def test_a_dry_run_changes_nothing_and_reports_the_journal_too(artifacts: Path) 
         1004,
     )
     assert result["removals_retried"] == 1
+
+
+@contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """A directory nobody, root included, can remove entries from (chattr +i)."""
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot make a directory immutable here: {done.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_failed_removal_stays_in_the_journal_counted_and_is_retried(artifacts: Path) -> None:
+    stuck = run(artifacts, "succeeded", 48)
+    locked = artifacts / stuck.artifacts_dir / "locked"
+    locked.mkdir()
+    (locked / "data").write_bytes(b"y" * 10)
+    with immutable(locked):
+        first = cleanup_runs(max_age_hours=24)
+        second = cleanup_runs(max_age_hours=24)
+        kept = list(PendingArtifactRemoval.objects.all())
+    assert [item.path for item in kept] == [stuck.artifacts_dir], "the failed removal was dropped"
+    assert kept[0].attempts == 2
+    assert "Operation not permitted" in kept[0].last_error
+    assert kept[0].last_attempt_at is not None
+    assert (first["runs_deleted"], first["removals_failed"], first["removals_retried"]) == (1, 1, 0)
+    assert first["skipped"] == {"permission_denied": 1}
+    assert "Operation not permitted" in first["errors"][0]
+    assert (second["runs_deleted"], second["removals_failed"], second["removals_retried"]) == (
+        0,
+        1,
+        1,
+    )
+    third = cleanup_runs(max_age_hours=24)  # the directory is removable again
+    assert not (artifacts / stuck.artifacts_dir).exists()
+    assert (third["removals_retried"], third["removals_failed"]) == (1, 0)
+    assert third["artifact_dirs_removed"] == 1
+    assert PendingArtifactRemoval.objects.count() == 0
