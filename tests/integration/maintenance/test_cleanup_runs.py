@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from maintenance.models import PendingArtifactRemoval, Run
 from maintenance.operations import cleanup_runs
-from tests.helpers import snapshot
+from tests.helpers import bind_mount, snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -201,3 +201,36 @@ def test_a_failed_removal_stays_in_the_journal_counted_and_is_retried(artifacts:
     assert (third["removals_retried"], third["removals_failed"]) == (1, 0)
     assert third["artifact_dirs_removed"] == 1
     assert PendingArtifactRemoval.objects.count() == 0
+
+
+def test_a_mount_inside_old_artifacts_is_never_entered(artifacts: Path, sentinel: Path) -> None:
+    """A bind mount of the same file system (same st_dev) inside a run's artifacts."""
+    old = run(artifacts, "succeeded", 48, files=2)
+    before = snapshot(sentinel)
+    with bind_mount(sentinel, artifacts / old.artifacts_dir / "mounted") as mounted:
+        result = cleanup_runs(max_age_hours=24)
+        assert snapshot(sentinel) == before, "files were deleted through the mount"
+        assert mounted.is_dir()
+        kept = PendingArtifactRemoval.objects.get()
+    assert sorted(p.name for p in (artifacts / old.artifacts_dir).iterdir()) == ["mounted"]
+    assert (result["runs_deleted"], result["removals_failed"]) == (1, 1)
+    assert result["skipped"] == {"mount_point": 1}
+    assert (kept.path, kept.attempts) == (old.artifacts_dir, 1)
+    assert "mount point" in kept.last_error
+    cleanup_runs(max_age_hours=24)  # unmounted: the rest goes
+    assert not (artifacts / old.artifacts_dir).exists()
+    assert PendingArtifactRemoval.objects.count() == 0
+
+
+def test_a_mount_on_the_way_to_old_artifacts_is_not_crossed(
+    artifacts: Path, sentinel: Path
+) -> None:
+    old = run(artifacts, "succeeded", 48, files=0)
+    old.artifacts_dir = "mounted/dir"
+    old.save(update_fields=["artifacts_dir"])
+    before = snapshot(sentinel)
+    with bind_mount(sentinel, artifacts / "mounted"):
+        result = cleanup_runs(max_age_hours=24)
+        assert snapshot(sentinel) == before, "files were deleted through the mount"
+    assert result["skipped"] == {"mount_point": 1}
+    assert result["removals_failed"] == 1
