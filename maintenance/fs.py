@@ -19,34 +19,6 @@ from typing import Any
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class UnsafeRoot(Exception):
-    """A configured root that an operation must refuse to work in."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(message)
-
-
-def check_root(path: Path, *, project_dir: Path, var_dir: Path, name: str) -> Path:
-    """The root as an absolute path, or UnsafeRoot saying what is wrong with it."""
-    raw = str(path)
-    if not os.path.isabs(raw):
-        raise UnsafeRoot("root_relative", f"{name} must be an absolute path, not {raw!r}.")
-    normal = Path(os.path.normpath(raw))
-    if normal == Path("/"):
-        raise UnsafeRoot("root_is_slash", f"{name} must not be the file-system root.")
-    if os.path.islink(normal) or os.path.realpath(normal) != str(normal):
-        raise UnsafeRoot("root_symlink", f"{name} ({normal}) is or goes through a symlink.")
-    if not normal.is_dir():
-        raise UnsafeRoot("root_missing", f"{name} ({normal}) does not exist or is not a directory.")
-    project, var = project_dir.resolve(), var_dir.resolve()
-    inside_project = normal == project or normal.is_relative_to(project)
-    if project.is_relative_to(normal) or (inside_project and not normal.is_relative_to(var)):
-        raise UnsafeRoot("root_in_project", f"{name} ({normal}) overlaps the project's own files.")
-    return normal
-
-
 @contextmanager
 def open_dir(name: str | Path, *, dir_fd: int | None = None) -> Iterator[int]:
     fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)

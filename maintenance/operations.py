@@ -21,7 +21,7 @@ from django.db import connection, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from maintenance import fs
+from maintenance import fs, roots
 from maintenance.conf import conf
 from maintenance.logs import LogSummary, log_files, read_lines
 from maintenance.models import PendingArtifactRemoval
@@ -32,13 +32,12 @@ from taskqueue.services import alerts, monitoring
 
 def checked_root(setting: str) -> Path:
     """A configured root, created when it is the default under VAR_DIR; TaskError if unsafe."""
-    path = getattr(conf, setting)
-    var_dir = Path(settings.VAR_DIR)
-    if not path.exists() and path.is_absolute() and path.parent == var_dir:
-        path.mkdir(parents=True, exist_ok=True)
     try:
-        return fs.check_root(path, project_dir=settings.BASE_DIR, var_dir=var_dir, name=setting)
-    except fs.UnsafeRoot as exc:
+        path = roots.check_root(setting, must_exist=False)
+        if not path.exists() and path.parent == Path(settings.VAR_DIR):
+            path.mkdir(parents=True, exist_ok=True)
+        return roots.check_root(setting)
+    except roots.UnsafeRoot as exc:
         raise TaskError(exc.code, exc.message, retryable=False) from None
 
 
