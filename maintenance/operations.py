@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from maintenance import fs, roots
 from maintenance.conf import conf
-from maintenance.logs import LogSummary, log_files, read_lines
+from maintenance.logs import LogSummary, log_files, log_size, read_lines
 from maintenance.models import PendingArtifactRemoval
 from taskqueue.exceptions import TaskError
 from taskqueue.progress import report_progress
@@ -455,16 +455,16 @@ def log_statistics(hours: int = 24) -> dict[str, Any]:
     since = timezone.now() - timedelta(hours=hours)
     files = log_files(conf.LOG_DIR, conf.LOG_FILE_NAME, since=since)
     summary = LogSummary(since, max_distinct=conf.LOG_MAX_DISTINCT_MESSAGES)
-    total = sum(path.stat().st_size for path in files) or 1
+    sizes = [log_size(path) for path in files]  # a rotated file may be gzipped meanwhile
     done = 0
-    for path in files:
+    for path, size in zip(files, sizes, strict=True):
         summary.feed(read_lines(path))
-        done += path.stat().st_size
-        report_progress(100 * done / total, f"read {path.name}")
+        done += size
+        report_progress(100 * done / (sum(sizes) or 1), f"read {path.name}")
     return {
         "hours": hours,
         "since": since.isoformat(),
         "files": [path.name for path in files],
-        "bytes_read": sum(path.stat().st_size for path in files),
+        "bytes_read": sum(sizes),
         **summary.result(top=conf.LOG_TOP_MESSAGES),
     }
