@@ -15,7 +15,7 @@ import shutil
 import stat
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
@@ -136,9 +136,10 @@ class SharedRotatingFileHandler(RotatingFileHandler):
         return rotated
 
     def _rotated(self) -> list[Path]:
+        """The rotated files (compressed or not), oldest first; regular files only."""
         base = Path(self.baseFilename)
         names = [p for p in base.parent.glob(base.name + ".2*") if p.suffix != ".tmp"]
-        return sorted(names, key=lambda p: p.name)
+        return sorted((p for p in names if _regular(p)), key=lambda p: p.name)
 
     def _prune(self) -> None:
         rotated = self._rotated()
@@ -163,7 +164,7 @@ class SharedRotatingFileHandler(RotatingFileHandler):
                 self._compress_again = False
             try:
                 self._compress_rotated()
-            except OSError:
+            except Exception:  # the thread must reach the reset above, whatever happens
                 logging.getLogger(__name__).exception("Compressing rotated logs failed")
 
     def _compress_rotated(self) -> None:
@@ -194,12 +195,18 @@ class SharedRotatingFileHandler(RotatingFileHandler):
 
 def compress(path: Path) -> None:
     """Replace a rotated file by `<name>.gz` (same times), atomically: a reader finds one
-    or the other, complete; both for an instant, when log_files takes the .gz."""
+    or the other, complete; both for an instant, when log_files takes the .gz. Neither
+    file is reached through a symlink."""
     packed = path.with_name(path.name + ".gz")
     temporary = path.with_name(path.name + ".gz.tmp")
+    temporary.unlink(missing_ok=True)
     try:
-        with open(path, "rb") as raw, gzip.open(temporary, "wb", compresslevel=6) as out:
-            shutil.copyfileobj(raw, out, 1024 * 1024)
+        with (
+            open(path, "rb", opener=_no_follow(os.O_RDONLY)) as raw,
+            open(temporary, "wb", opener=_no_follow(os.O_CREAT | os.O_EXCL)) as out,
+            gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as zipped,
+        ):
+            shutil.copyfileobj(raw, zipped, 1024 * 1024)
             times = os.fstat(raw.fileno())
     except FileNotFoundError:  # pruned meanwhile
         temporary.unlink(missing_ok=True)
@@ -207,6 +214,20 @@ def compress(path: Path) -> None:
     os.utime(temporary, ns=(times.st_atime_ns, times.st_mtime_ns))
     os.rename(temporary, packed)
     path.unlink(missing_ok=True)
+
+
+def _no_follow(extra: int) -> Callable[[str, int], int]:
+    def opener(name: str, flags: int) -> int:
+        return os.open(name, flags | extra | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+    return opener
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def log_files(log_dir: Path, base_name: str, *, since: datetime) -> list[Path]:
