@@ -140,7 +140,7 @@ class TaskQueueBackend(BaseTaskBackend):
             yield checks.Error(
                 f"TASKS[{self.alias!r}]['QUEUES'] names queues the workers do not listen to: "
                 f"{unknown}; this backend's queues are {list(QUEUES)}.",
-                id="taskqueue.E010",
+                id="taskqueue.E004",
             )
 
     def _policy(self, task: Task) -> Policy:

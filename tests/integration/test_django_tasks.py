@@ -382,3 +382,14 @@ def test_asyncio_callers_can_enqueue_from_a_running_loop(run_worker):
     result_id = async_to_sync(caller)()
     run_worker()
     assert default_task_backend.get_result(result_id).return_value == 2
+
+
+def test_a_queue_the_workers_do_not_listen_to_is_a_check_error():
+    from django.core import checks
+
+    tasks = {"default": {"BACKEND": "taskqueue.backends.TaskQueueBackend",
+                         "QUEUES": ["default", "emails"]}}  # fmt: skip
+    with override_settings(TASKS=tasks):
+        errors = [e for e in checks.run_checks() if e.id == "taskqueue.E004"]
+    assert len(errors) == 1
+    assert "['emails']" in errors[0].msg
