@@ -103,6 +103,19 @@ class FunctionPayload(PayloadSerializer):
     args = serializers.ListField(child=serializers.JSONField(), default=list)
     kwargs = serializers.DictField(child=serializers.JSONField(), default=dict)
 
+    @classmethod
+    def clean_payload(cls, payload: dict[str, Any]) -> dict[str, Any]:
+        """What the fields say, in plain Python: the enqueue and every attempt run it."""
+        errors = {name: ["Unknown field."] for name in sorted(set(payload) - {"args", "kwargs"})}
+        args, kwargs = payload.get("args", []), payload.get("kwargs", {})
+        if not isinstance(args, list):
+            errors["args"] = ["Expected a list."]
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            errors["kwargs"] = ["Expected an object."]
+        if errors:
+            raise InvalidPayload(errors)
+        return {"args": args, "kwargs": kwargs}
+
 
 class TaskQueueBackend(BaseTaskBackend):
     task_class = QueueTask

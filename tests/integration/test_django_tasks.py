@@ -393,3 +393,14 @@ def test_a_queue_the_workers_do_not_listen_to_is_a_check_error():
         errors = [e for e in checks.run_checks() if e.id == "taskqueue.E004"]
     assert len(errors) == 1
     assert "['emails']" in errors[0].msg
+
+
+def test_a_malformed_payload_fails_its_attempt_and_the_worker_goes_on(run_worker):
+    bad = example.add.enqueue(1, 2)
+    TaskRow.objects.filter(pk=int(bad.id)).update(payload={"args": 5, "kwargs": [], "x": 1})
+    good = example.add.enqueue(2, 2)
+    run_worker()
+    row = TaskRow.objects.get(pk=int(bad.id))
+    assert (row.status, row.error_code, row.attempts) == ("failed", "invalid_payload", 1)
+    good.refresh()
+    assert good.return_value == 4
