@@ -336,8 +336,14 @@ class Bench:
                         break
                 time.sleep(0.05)
         else:
-            for _ in range(count):
-                enqueue_task("ping")
+            if kind.startswith("@task"):
+                from bench.djtasks import noop
+
+                for _ in range(count):
+                    noop.enqueue()
+            else:
+                for _ in range(count):
+                    enqueue_task("ping")
             done = Task.objects.filter(status="completed")
             while done.count() < count:
                 time.sleep(0.05)
@@ -501,6 +507,49 @@ class Bench:
             "worker_rss_samples_mib": samples,
             "worker_rss_spread_pct": round((max(steady) - min(steady)) / min(steady) * 100, 1),
             "web_rss_mib": [round(web_rest / 2**20, 1), round(web_after / 2**20, 1)],
+        }
+
+    TASK_KINDS = ("ping task (mirrored)", "@task no-op (django.tasks backend)")
+
+    def django_tasks(self) -> dict:
+        """`ping` and a `@task` no-op through the django.tasks backend, interleaved batches
+        on the same two workers: the backend's cost over our own types, drift cancelled."""
+        count = 300 if self.quick else 1000
+        rounds = 4 if self.quick else 8
+        workers = self.workers(2)
+        rates: dict[str, list[float]] = {kind: [] for kind in self.TASK_KINDS}
+        cpu: dict[str, list[float]] = {kind: [] for kind in self.TASK_KINDS}
+        try:
+            for n in range(rounds):
+                order = self.TASK_KINDS if n % 2 == 0 else self.TASK_KINDS[::-1]
+                for kind in order:
+                    self.clear_results()
+                    cpu_before = self.cpu(workers)
+                    started = time.perf_counter()
+                    self.drain(kind, count)
+                    rates[kind].append(count / (time.perf_counter() - started))
+                    spent = self.cpu_per_task(cpu_before, self.cpu(workers), count)
+                    cpu[kind].append(sum(spent[part] for part in PARTS))
+                log(f"7. django.tasks: round {n + 1}/{rounds}")
+        finally:
+            for worker in workers:
+                self.stop(worker)
+        ping, backend = (statistics.median(rates[kind]) for kind in self.TASK_KINDS)
+        ratios = [a / b for a, b in zip(*(rates[kind] for kind in self.TASK_KINDS), strict=True)]
+        return {
+            "tasks": count,
+            "rounds": rounds,
+            "workers": 2,
+            **{
+                kind: {
+                    "tasks_per_s": statistics.median(rates[kind]),
+                    "runs": [round(r, 1) for r in rates[kind]],
+                    "cpu_ms": round(statistics.median(cpu[kind]), 3),
+                }
+                for kind in self.TASK_KINDS
+            },
+            "ping_over_backend": round(statistics.median(ratios), 3),
+            "overall_ratio": round(ping / backend, 3),
         }
 
     def limits(self) -> dict:
@@ -697,7 +746,30 @@ def markdown(results: dict) -> str:
             f"({', '.join(sorted(set(lim['stop_answers'])))})",
             "",
         ]
+    if "django_tasks" in results:
+        out += django_tasks_markdown(results["django_tasks"])
     return "\n".join(out)
+
+
+def django_tasks_markdown(dt: dict) -> list[str]:
+    out = [
+        f"### 7. django.tasks backend ({dt['workers']} workers, {dt['rounds']} interleaved "
+        f"rounds of {dt['tasks']} tasks each)",
+        "",
+        "| kind | tasks/s (median) | runs | CPU ms per task (enqueue, workers, PostgreSQL, Redis) |",
+        "|---|---|---|---|",
+    ]
+    for kind in Bench.TASK_KINDS:
+        r = dt[kind]
+        runs = ", ".join(f"{v:.0f}" for v in r["runs"])
+        out.append(f"| {kind} | {r['tasks_per_s']:.0f} | {runs} | {r['cpu_ms']:.2f} |")
+    out += [
+        "",
+        f"`ping` over the backend, median of the paired rounds: {dt['ping_over_backend']:.2f}× "
+        f"(of the medians: {dt['overall_ratio']:.2f}×); above 1 the backend is slower.",
+        "",
+    ]
+    return out
 
 
 PARTS = ("cpu_bench_ms", "cpu_workers_ms", "cpu_postgres_ms", "cpu_redis_ms")
@@ -770,7 +842,9 @@ def main() -> None:
                 "repeats": bench.repeats,
                 "quick": args.quick,
             }
-            for name in ("enqueue", "status", "throughput", "memory", "operations", "limits"):
+            scenarios = ("enqueue", "status", "throughput", "memory", "operations", "limits",
+                         "django_tasks")  # fmt: skip
+            for name in scenarios:
                 if args.only is None or name in args.only:
                     results[name] = getattr(bench, name)()
         finally:

@@ -8,29 +8,42 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist
 
-from maintenance import fs
+from maintenance import roots
 from maintenance.conf import conf
 
 RUN_FIELDS = ("status", "finished_at", "created_at", "artifacts_dir")
 
 
+# One id per rule, stable (docs/operations.md).
+ROOT_CHECK_IDS = {
+    "root_relative": "maintenance.E001",
+    "root_is_slash": "maintenance.E002",
+    "root_symlink": "maintenance.E003",
+    "root_missing": "maintenance.E004",
+    "root_in_project": "maintenance.E005",
+    "root_system": "maintenance.E006",
+    "root_holds_state": "maintenance.E007",
+    "root_overlap": "maintenance.E008",
+}
+
+
 @checks.register()
 def check_roots(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     messages = []
-    var_dir = Path(settings.VAR_DIR)
-    for setting in ("TEMP_DIR", "ARTIFACTS_DIR", "LOG_DIR"):
+    for setting in roots.ROOTS:
         path = getattr(conf, setting)
-        if not path.exists() and path.is_absolute() and path.parent == var_dir:
-            continue  # the default, created on first use
-        try:
-            fs.check_root(path, project_dir=settings.BASE_DIR, var_dir=var_dir, name=setting)
-        except fs.UnsafeRoot as exc:
+        default = path.is_absolute() and path.parent == Path(settings.VAR_DIR)
+        try:  # a default under VAR_DIR is created on first use
+            roots.check_root(setting, must_exist=not default)
+        except roots.UnsafeRoot as exc:
             messages.append(
                 checks.Error(
                     f"MAINTENANCE['{setting}'] is unsafe: {exc.message}",
-                    hint="Point it at an existing absolute directory of its own, outside "
-                    "the project's code, that is not / and not a symlink.",
-                    id=f"maintenance.E00{1 + len(messages)}",
+                    hint="Point it at an existing absolute directory of its own, such as "
+                    "VAR_DIR/tmp: not a symlink, not /, a system or home directory, not "
+                    "VAR_DIR itself, and holding none of the project's code, state or logs "
+                    "nor another root.",
+                    id=ROOT_CHECK_IDS[exc.code],
                 )
             )
     return messages

@@ -1,47 +1,22 @@
-"""File-system primitives that never leave their root and never follow a symlink.
+"""File-system primitives that never leave their root, its mount, nor follow a symlink.
 
 Every path below a root is reached from the root's directory file descriptor, one
 component at a time, with O_NOFOLLOW: a directory swapped for a symlink mid-walk makes the
-open fail instead of redirecting a deletion.
+open fail instead of redirecting a deletion. Each directory opened is checked to be on the
+root's mount (device and mount id), so a mount point, a bind mount included, is never entered.
 """
 
+import ctypes
 import errno
+import functools
 import os
-import shutil
-import stat
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class UnsafeRoot(Exception):
-    """A configured root that an operation must refuse to work in."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(message)
-
-
-def check_root(path: Path, *, project_dir: Path, var_dir: Path, name: str) -> Path:
-    """The root as an absolute path, or UnsafeRoot saying what is wrong with it."""
-    raw = str(path)
-    if not os.path.isabs(raw):
-        raise UnsafeRoot("root_relative", f"{name} must be an absolute path, not {raw!r}.")
-    normal = Path(os.path.normpath(raw))
-    if normal == Path("/"):
-        raise UnsafeRoot("root_is_slash", f"{name} must not be the file-system root.")
-    if os.path.islink(normal) or os.path.realpath(normal) != str(normal):
-        raise UnsafeRoot("root_symlink", f"{name} ({normal}) is or goes through a symlink.")
-    if not normal.is_dir():
-        raise UnsafeRoot("root_missing", f"{name} ({normal}) does not exist or is not a directory.")
-    project, var = project_dir.resolve(), var_dir.resolve()
-    inside_project = normal == project or normal.is_relative_to(project)
-    if project.is_relative_to(normal) or (inside_project and not normal.is_relative_to(var)):
-        raise UnsafeRoot("root_in_project", f"{name} ({normal}) overlaps the project's own files.")
-    return normal
 
 
 @contextmanager
@@ -67,25 +42,12 @@ def relative_parts(path: str, root: Path) -> list[str] | None:
     return parts
 
 
-def tree_bytes(dir_fd: int) -> int:
-    """Bytes of the regular files below an open directory (links not followed)."""
-    total = 0
-    for _, _, files, root_fd in os.fwalk(".", dir_fd=dir_fd, follow_symlinks=False):
-        for name in files:
-            try:
-                st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-    return total
+@contextmanager
+def open_parent(root_fd: int, parts: list[str], *, mount: tuple[int, int | None]) -> Iterator[int]:
+    """The directory holding `parts[-1]`, opened from `root_fd` one component at a time.
 
-
-def remove_below(root_fd: int, parts: list[str], *, dry_run: bool) -> int | None:
-    """Remove the entry at `parts` below `root_fd`; the bytes it held, None if absent.
-
-    Intermediate components must be real directories (a symlink among them raises OSError
-    ELOOP/ENOTDIR). A final symlink is removed as a link; its target is never touched.
+    A symlink among the components raises OSError ELOOP/ENOTDIR; a component on another
+    mount than `mount` (the root's `mount_of`) raises OSError EXDEV.
     """
     fds = []
     try:
@@ -93,24 +55,58 @@ def remove_below(root_fd: int, parts: list[str], *, dry_run: bool) -> int | None
         for part in parts[:-1]:
             parent = os.open(part, DIR_FLAGS, dir_fd=parent)
             fds.append(parent)
-        name = parts[-1]
-        try:
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        if not stat.S_ISDIR(st.st_mode):
-            size = st.st_size if stat.S_ISREG(st.st_mode) else 0
-            if not dry_run:
-                os.unlink(name, dir_fd=parent)
-            return size
-        with open_dir(name, dir_fd=parent) as fd:
-            size = tree_bytes(fd)
-        if not dry_run:
-            shutil.rmtree(name, dir_fd=parent)
-        return size
+            if mount_of(parent) != mount:
+                raise OSError(errno.EXDEV, "a mount point on the way, not crossed", part)
+        yield parent
     finally:
         for fd in reversed(fds):
             os.close(fd)
+
+
+def mount_of(fd: int) -> tuple[int, int | None]:
+    """(device, mount id) of an open file: a bind mount of the same file system has the
+    same device but a mount id of its own. The id is None where the kernel cannot tell."""
+    return os.fstat(fd).st_dev, mount_id(fd)
+
+
+STATX_MNT_ID = 0x1000
+AT_EMPTY_PATH = 0x1000
+STATX_SIZE, STATX_MNT_ID_OFFSET = 256, 144  # struct statx (linux/stat.h)
+
+
+@functools.cache
+def _statx() -> Any:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).statx  # glibc >= 2.28
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+    ]
+    return function
+
+
+def mount_id(fd: int) -> int | None:
+    """The id of the mount an open file is on (statx, Linux >= 5.8; else /proc)."""
+    statx = _statx()
+    if statx is not None:
+        buffer = ctypes.create_string_buffer(STATX_SIZE)
+        if statx(fd, b"", AT_EMPTY_PATH, STATX_MNT_ID, buffer) == 0:
+            (mask,) = struct.unpack_from("I", buffer, 0)
+            if mask & STATX_MNT_ID:
+                return struct.unpack_from("Q", buffer, STATX_MNT_ID_OFFSET)[0]
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as info:
+            for line in info:
+                if line.startswith("mnt_id:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def describe(name: str) -> str:

@@ -45,11 +45,15 @@ class PendingArtifactRemoval(models.Model):
     """An artifacts directory whose run row is deleted and whose files are not yet.
 
     Written in the transaction that deletes the run, removed once the directory is gone:
-    after a crash, the next cleanup_runs removes what is listed here first.
+    after a crash, or a removal that failed (a permission, a busy mount), the next
+    cleanup_runs tries what is listed here again, first.
     """
 
     path = models.CharField(max_length=500)
     created_at = models.DateTimeField(default=timezone.now)
+    attempts = models.PositiveIntegerField(default=0, help_text="Removals tried and failed.")
+    last_error = models.TextField(blank=True, help_text="Why the last removal failed.")
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.path

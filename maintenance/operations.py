@@ -4,6 +4,7 @@ Registered as task types in maintenance/tasks.py; callable directly too.
 """
 
 import errno
+import math
 import os
 import re
 import shutil
@@ -17,12 +18,12 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.db import connection, models, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
-from maintenance import fs
+from maintenance import fs, roots
 from maintenance.conf import conf
-from maintenance.logs import LogSummary, log_files, read_lines
+from maintenance.logs import LogSummary, log_files, log_size, read_lines
 from maintenance.models import PendingArtifactRemoval
 from taskqueue.exceptions import TaskError
 from taskqueue.progress import report_progress
@@ -31,13 +32,12 @@ from taskqueue.services import alerts, monitoring
 
 def checked_root(setting: str) -> Path:
     """A configured root, created when it is the default under VAR_DIR; TaskError if unsafe."""
-    path = getattr(conf, setting)
-    var_dir = Path(settings.VAR_DIR)
-    if not path.exists() and path.is_absolute() and path.parent == var_dir:
-        path.mkdir(parents=True, exist_ok=True)
     try:
-        return fs.check_root(path, project_dir=settings.BASE_DIR, var_dir=var_dir, name=setting)
-    except fs.UnsafeRoot as exc:
+        path = roots.check_root(setting, must_exist=False)
+        if not path.exists() and path.parent == Path(settings.VAR_DIR):
+            path.mkdir(parents=True, exist_ok=True)
+        return roots.check_root(setting)
+    except roots.UnsafeRoot as exc:
         raise TaskError(exc.code, exc.message, retryable=False) from None
 
 
@@ -52,11 +52,26 @@ class Report:
         self.counts: Counter = Counter()
         self.skipped: Counter = Counter()
         self.errors: list[str] = []
+        self.last = ""  # the latest error or skip, described
 
     def error(self, where: str, exc: OSError) -> None:
         self.skipped[_reason(exc)] += 1
+        self.last = f"{fs.describe(where)}: {exc.strerror or exc}"
         if len(self.errors) < conf.MAX_ERRORS_REPORTED:
-            self.errors.append(f"{fs.describe(where)}: {exc.strerror or exc}")
+            self.errors.append(self.last)
+
+    def skip(self, where: str, reason: str) -> None:
+        self.skipped[reason] += 1
+        self.last = f"{fs.describe(where)}: {SKIP_REASONS[reason]}"
+
+
+SKIP_REASONS = {
+    "outside_root": "not below the root",
+    "mount_point": "a mount point, not entered",
+    "too_deep": "deeper than MAX_TREE_DEPTH",
+    "special_file": "a FIFO, socket or device",
+    "symlink_or_changed": "a symlink or changed while walked",
+}
 
 
 def _reason(exc: OSError) -> str:
@@ -64,6 +79,8 @@ def _reason(exc: OSError) -> str:
         return "permission_denied"
     if fs.is_missing(exc):
         return "vanished"
+    if exc.errno == errno.EXDEV:
+        return "mount_point"
     return "symlink_or_changed" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else "error"
 
 
@@ -81,7 +98,9 @@ def cleanup_runs(max_age_hours: int = 24, dry_run: bool = False) -> dict[str, An
     total = old.count()
     report = Report()
     with fs.open_dir(root) as root_fd:
-        _remove_pending_artifacts(root_fd, root, report)  # left by an interrupted run
+        sweep = _Sweep(root_fd, report, cutoff=math.inf, dry_run=dry_run, whole_trees=True)
+        journal = _Journal(sweep, root)
+        retried = journal.drain()  # left by an interrupted or failed run
         last_pk = None
         while True:
             batch = old.order_by("pk")
@@ -94,10 +113,10 @@ def cleanup_runs(max_age_hours: int = 24, dry_run: bool = False) -> dict[str, An
             if dry_run:
                 report.counts["runs"] += len(rows)
                 for _, path in rows:
-                    _remove_artifacts(root_fd, root, path, report, dry_run=True)
+                    _remove_artifacts(sweep, root, path)
             else:
                 _delete_batch(old, [pk for pk, _ in rows], report)
-                _remove_pending_artifacts(root_fd, root, report)
+                journal.drain()
             report_progress(
                 100 * report.counts["runs"] / max(total, 1), f"{report.counts['runs']} runs"
             )
@@ -106,8 +125,10 @@ def cleanup_runs(max_age_hours: int = 24, dry_run: bool = False) -> dict[str, An
         "max_age_hours": max_age_hours,
         "dry_run": dry_run,
         "runs_deleted": report.counts["runs"],
-        "artifact_dirs_removed": report.counts["dirs"],
+        "artifact_dirs_removed": report.counts["artifacts"],
         "bytes_removed": report.counts["bytes"],
+        "removals_retried": retried,
+        "removals_failed": report.counts["failed"],
         "skipped": dict(report.skipped),
         "errors": report.errors,
     }
@@ -124,30 +145,62 @@ def _delete_batch(old: models.QuerySet, ids: list[int], report: Report) -> None:
     report.counts["runs"] += len(rows)
 
 
-def _remove_pending_artifacts(root_fd: int, root: Path, report: Report) -> None:
-    while pending := list(PendingArtifactRemoval.objects.order_by("pk")[:500]):
-        for item in pending:
-            _remove_artifacts(root_fd, root, item.path, report, dry_run=False)
-        PendingArtifactRemoval.objects.filter(pk__in=[item.pk for item in pending]).delete()
+class _Journal:
+    """The PendingArtifactRemoval rows, each tried once a run: deleted once its directory is
+    gone, kept with its attempts and last error when the removal failed (retried next run).
+    A dry run only reports them."""
+
+    def __init__(self, sweep: "_Sweep", root: Path) -> None:
+        self.sweep, self.root, self.dry_run = sweep, root, sweep.dry_run
+        self.tried_up_to = 0  # rows with a greater pk are the ones not yet tried in this run
+
+    def drain(self) -> int:
+        """Try the rows not yet tried in this run; how many there were."""
+        tried = 0
+        rows = PendingArtifactRemoval.objects.order_by("pk").values_list("pk", "path")
+        while pending := list(rows.filter(pk__gt=self.tried_up_to)[:500]):
+            self.tried_up_to = pending[-1][0]
+            tried += len(pending)
+            done = []
+            for pk, path in pending:
+                problem = _remove_artifacts(self.sweep, self.root, path)
+                if problem is None:
+                    done.append(pk)
+                elif not self.dry_run:
+                    PendingArtifactRemoval.objects.filter(pk=pk).update(
+                        attempts=F("attempts") + 1,
+                        last_error=problem,
+                        last_attempt_at=timezone.now(),
+                    )
+            if not self.dry_run:
+                PendingArtifactRemoval.objects.filter(pk__in=done).delete()
+        return tried
 
 
-def _remove_artifacts(
-    root_fd: int, root: Path, path: str, report: Report, *, dry_run: bool
-) -> None:
-    if not path:
-        return
-    parts = fs.relative_parts(path, root)
+def _remove_artifacts(sweep: "_Sweep", root: Path, path: str) -> str | None:
+    """Remove a run's artifacts; None once they are gone (or can never be ours to remove),
+    else why they are still there."""
+    report = sweep.report
+    parts = fs.relative_parts(path, root) if path else []
     if parts is None:
-        report.skipped["outside_root"] += 1
-        return
+        report.skip(path, "outside_root")
+    if not parts:
+        return None
     try:
-        size = fs.remove_below(root_fd, parts, dry_run=dry_run)
+        with fs.open_parent(sweep.root_fd, parts, mount=sweep.mount) as parent:
+            os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+            report.last = "not removed"
+            gone = sweep.entry(parent, parts[-1], path, 0)
+    except FileNotFoundError:
+        return None  # already gone
     except OSError as exc:
         report.error(path, exc)
-        return
-    if size is not None:
-        report.counts["dirs"] += 1
-        report.counts["bytes"] += size
+        gone = False
+    if gone:
+        report.counts["artifacts"] += 1
+        return None
+    report.counts["failed"] += 1
+    return report.last
 
 
 # cleanup_temp_files ------------------------------------------------------------------
@@ -158,9 +211,8 @@ def cleanup_temp_files(max_age_hours: int = 24, dry_run: bool = False) -> dict[s
     root = checked_root("TEMP_DIR")
     cutoff = time.time() - max_age_hours * 3600
     with fs.open_dir(root) as root_fd:
-        sweep = _Sweep(cutoff, dry_run, device=os.fstat(root_fd).st_dev)
-        sweep.directory(root_fd, "", 0)
-    report = sweep.report
+        report = Report()
+        _Sweep(root_fd, report, cutoff=cutoff, dry_run=dry_run).directory(root_fd, "", 0)
     return {
         "cutoff": datetime.fromtimestamp(cutoff, tz=UTC).isoformat(),
         "max_age_hours": max_age_hours,
@@ -176,13 +228,29 @@ def cleanup_temp_files(max_age_hours: int = 24, dry_run: bool = False) -> dict[s
 
 
 class _Sweep:
-    """A depth-first walk by directory file descriptors; never opens a non-directory."""
+    """The one removal routine of both cleanups: a depth-first walk by directory file
+    descriptors that removes what is older than `cutoff`, never opens a non-directory,
+    never follows a symlink and never enters another mount (bind mounts included).
 
-    def __init__(self, cutoff: float, dry_run: bool, *, device: int) -> None:
+    `whole_trees` (a run's artifacts) also unlinks FIFOs, sockets and devices, and reports
+    no progress of its own.
+    """
+
+    def __init__(
+        self,
+        root_fd: int,
+        report: Report,
+        *,
+        cutoff: float,
+        dry_run: bool,
+        whole_trees: bool = False,
+    ) -> None:
+        self.root_fd = root_fd
+        self.mount = fs.mount_of(root_fd)
+        self.report = report
         self.cutoff = cutoff
-        self.device = device  # never cross into another file system
         self.dry_run = dry_run
-        self.report = Report()
+        self.whole_trees = whole_trees
         self.seen = 0
 
     def directory(self, fd: int, path: str, depth: int) -> tuple[bool, bool]:
@@ -195,23 +263,24 @@ class _Sweep:
         kept = removed = 0
         for name in names:
             where = f"{path}/{name}" if path else name
-            if self._entry(fd, name, where, depth):
+            if self.entry(fd, name, where, depth):
                 removed += 1
             else:
                 kept += 1
         return kept == 0, removed > 0
 
-    def _entry(self, fd: int, name: str, where: str, depth: int) -> bool:
+    def entry(self, fd: int, name: str, where: str, depth: int) -> bool:
         """Sweep one entry; True when it is (or would be) gone."""
         self.seen += 1
-        if self.seen % 5000 == 0:
+        if self.seen % 5000 == 0 and not self.whole_trees:
             report_progress(None, f"{self.seen} entries examined")
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 return self._subdirectory(fd, name, where, st, depth)
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-                self.report.skipped["special_file"] += 1
+            special = not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode))
+            if special and not self.whole_trees:
+                self.report.skip(where, "special_file")
                 return False
             if st.st_mtime >= self.cutoff:
                 self.report.counts["recent"] += 1
@@ -232,16 +301,19 @@ class _Sweep:
         return True
 
     def _subdirectory(self, fd: int, name: str, where: str, st: os.stat_result, depth: int) -> bool:
-        if st.st_dev != self.device:
-            self.report.skipped["mount_point"] += 1
+        if st.st_dev != self.mount[0]:
+            self.report.skip(where, "mount_point")
             return False
         if depth >= conf.MAX_TREE_DEPTH:
-            self.report.skipped["too_deep"] += 1
+            self.report.skip(where, "too_deep")
             return False
         with fs.open_dir(name, dir_fd=fd) as sub:
             opened = os.fstat(sub)
             if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
-                self.report.skipped["symlink_or_changed"] += 1
+                self.report.skip(where, "symlink_or_changed")
+                return False
+            if fs.mount_id(sub) != self.mount[1]:
+                self.report.skip(where, "mount_point")
                 return False
             empty, removed_any = self.directory(sub, where, depth + 1)
         if not empty or not (removed_any or st.st_mtime < self.cutoff):
@@ -383,16 +455,16 @@ def log_statistics(hours: int = 24) -> dict[str, Any]:
     since = timezone.now() - timedelta(hours=hours)
     files = log_files(conf.LOG_DIR, conf.LOG_FILE_NAME, since=since)
     summary = LogSummary(since, max_distinct=conf.LOG_MAX_DISTINCT_MESSAGES)
-    total = sum(path.stat().st_size for path in files) or 1
+    sizes = [log_size(path) for path in files]  # a rotated file may be gzipped meanwhile
     done = 0
-    for path in files:
+    for path, size in zip(files, sizes, strict=True):
         summary.feed(read_lines(path))
-        done += path.stat().st_size
-        report_progress(100 * done / total, f"read {path.name}")
+        done += size
+        report_progress(100 * done / (sum(sizes) or 1), f"read {path.name}")
     return {
         "hours": hours,
         "since": since.isoformat(),
         "files": [path.name for path in files],
-        "bytes_read": sum(path.stat().st_size for path in files),
+        "bytes_read": sum(sizes),
         **summary.result(top=conf.LOG_TOP_MESSAGES),
     }

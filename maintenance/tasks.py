@@ -1,6 +1,7 @@
 """Registers the four operations as task types, with their payloads and policies."""
 
 from maintenance import operations
+from taskqueue.backends import expose
 from taskqueue.registry import (
     Backoff,
     PayloadSerializer,
@@ -45,3 +46,12 @@ for name, title, serializer, policy in (
     register(
         name, title=title, serializer=serializer, permission=f"maintenance.run_{name}", **policy
     )(getattr(operations, name))
+
+
+# The same four as django.tasks Tasks, for code that uses Django's Tasks API:
+# `health_check.enqueue()`, `cleanup_runs.enqueue(max_age_hours=48)`. They enqueue the
+# types above, with their payload validation, policies and permissions.
+cleanup_runs = expose("cleanup_runs")
+health_check = expose("health_check")
+cleanup_temp_files = expose("cleanup_temp_files")
+log_statistics = expose("log_statistics")

@@ -30,10 +30,11 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "django_tasks",  # Django 5.2: the django.tasks backport (Django 6 has it built in)
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "taskqueue",  # before django_rq: its rqcron command overrides django-rq's
     "django_rq",
-    "taskqueue",
     "maintenance",
 ]
 
@@ -86,6 +87,9 @@ _rq_connection = {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 300}
 RQ_QUEUES = {name: dict(_rq_connection) for name in ("high", "default", "low")}
 # RQ_WORKER_CLASS=rq.worker.Worker: RQ's forking worker (a process per job), for handlers
 # that must not share a process (README, "More workers, more hosts").
+# Django's Tasks API (`@task`, `.enqueue()`) on this engine: docs/django-tasks.md.
+TASKS = {"default": {"BACKEND": "taskqueue.backends.TaskQueueBackend"}}
+
 RQ = {"WORKER_CLASS": env_str("RQ_WORKER_CLASS") or "taskqueue.worker.Worker"}
 # django-rq's own dashboard can change jobs behind the mirror's back: not mounted.
 RQ_SHOW_ADMIN_LINK = False

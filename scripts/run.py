@@ -75,10 +75,31 @@ def _wait(child: subprocess.Popen, seconds: float, hurry: "list[bool]") -> int |
     return child.poll()
 
 
+def prepare(env: dict[str, str], port: str) -> int:
+    """Check the configuration, migrate, create the first superuser: 0, or the exit code of
+    the step that failed (which printed its one line)."""
+    steps = (
+        ["preflight", "--port", port],
+        ["migrate", "--no-input", "-v", "0"],
+        ["ensure_superuser"],
+    )
+    for step in steps:
+        code = subprocess.run([*MANAGE, *step], env=env, check=False).returncode
+        if code:
+            return code
+    return 0
+
+
 def serve(env: dict[str, str]) -> int:
-    subprocess.run([*MANAGE, "migrate", "--no-input", "-v", "0"], env=env, check=True)
-    subprocess.run([*MANAGE, "ensure_superuser"], env=env, check=True)
     port = env.get("PORT", "8000")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        print(
+            f"Configuration error: PORT must be a TCP port number, not {port!r}.", file=sys.stderr
+        )
+        return 2
+    code = prepare(env, port)
+    if code:
+        return code
     children: dict[str, subprocess.Popen] = {}
     stopping = False
     hurry = [False]  # a second Ctrl-C while stopping
@@ -100,13 +121,7 @@ def serve(env: dict[str, str]) -> int:
                 start_new_session=True,
                 preexec_fn=die_with_parent,  # noqa: PLW1509
             )
-        print(
-            f"\n  Web:    http://127.0.0.1:{port}/admin/   API: http://127.0.0.1:{port}/api/\n"
-            "  Try:    .venv/bin/python manage.py enqueue_task ping --wait\n"
-            "  Demo:   .venv/bin/python manage.py seed_demo_data   (runs, temp files, logs)\n"
-            "  Ctrl-C stops everything.\n",
-            flush=True,
-        )
+        print(banner(port, env["REDIS_URL"]), flush=True)
         while not stopping:
             dead = [name for name, child in children.items() if child.poll() is not None]
             if dead:
@@ -117,6 +132,18 @@ def serve(env: dict[str, str]) -> int:
     finally:
         print("Stopping…", file=sys.stderr)
         stop_all(children, hurry)
+
+
+def banner(port: str, redis_url: str) -> str:
+    manage = ".venv/bin/python manage.py"
+    return (
+        f"\n  Web:    http://127.0.0.1:{port}/admin/   API: http://127.0.0.1:{port}/api/\n"
+        f"  Redis:  {redis_url}   (.venv/bin/rq info --url {redis_url})\n"
+        f"  Try:    {manage} enqueue_task ping --wait\n"
+        f"  Demo:   {manage} seed_demo_data   (runs, temp files, logs)\n"
+        f"  Admin password forgotten: {manage} changepassword admin\n"
+        "  Ctrl-C stops everything.\n"
+    )
 
 
 def main() -> None:

@@ -12,6 +12,10 @@ class TaskQueueConfig(AppConfig):
 
         from taskqueue import checks  # noqa: F401  (registers the system checks)
 
+        # Every process that can change a user, a token or a permission (web, shell,
+        # workers) must tell the web processes' token caches: connect those signals here.
+        from taskqueue.api import authentication  # noqa: F401
+
         # Task types live in each app's tasks.py; taskqueue never imports them by name.
         autodiscover_modules("tasks")
 

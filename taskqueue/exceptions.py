@@ -51,11 +51,15 @@ class InvalidPayload(TaskQueueError):
 class TaskError(Exception):
     """Raised by a handler to fail its task with a chosen `code`.
 
-    `retryable=False` ends the task at once, whatever attempts remain.
+    `retryable=False` ends the task at once, whatever attempts remain. `traceback`, when
+    given, is the one recorded (the failure this error reports), instead of this error's.
     """
 
-    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+    def __init__(
+        self, code: str, message: str, *, retryable: bool = False, traceback: str | None = None
+    ) -> None:
         self.code = code
         self.message = message
         self.retryable = retryable
+        self.traceback = traceback
         super().__init__(message)

@@ -68,7 +68,8 @@ def failure(exc: BaseException) -> dict[str, Any]:
         "status": FAILED,
         "error_code": code,
         "error_message": message,
-        "traceback": "".join(traceback.format_exception(exc)),
+        "traceback": (isinstance(exc, TaskError) and exc.traceback)
+        or "".join(traceback.format_exception(exc)),
         "retryable": retryable,
     }
 

@@ -4,7 +4,9 @@ Apps register their types in their `tasks.py` (autodiscovered); settings may ove
 type's policy through `TASKQUEUE["TASK_TYPES"][name]`, read at access time.
 """
 
+import contextlib
 import dataclasses
+import importlib
 import random
 import re
 from collections.abc import Callable
@@ -60,12 +62,18 @@ class Policy:
     priority: int = 3
     backoff: Backoff = field(default_factory=Backoff)
     exclusive: bool = False
+    # Whether a request identical to an active task returns that task (None: as exclusive).
+    dedup: bool | None = None
     # The permission ("app_label.codename") a user needs to trigger this type.
     permission: str | None = None
 
     @property
     def queue(self) -> str:
         return queue_for_priority(self.priority)
+
+    @property
+    def deduplicates(self) -> bool:
+        return self.exclusive if self.dedup is None else self.dedup
 
     def errors(self) -> list[str]:
         """What is wrong with this policy, in words; empty when it is valid."""
@@ -76,6 +84,8 @@ class Policy:
             problems.append(f"timeout must be an integer >= 1 (seconds), not {self.timeout!r}")
         if not isinstance(self.priority, int):
             problems.append(f"priority must be an integer, not {self.priority!r}")
+        if not isinstance(self.exclusive, bool) or not isinstance(self.dedup, bool | None):
+            problems.append("exclusive and dedup must be true or false")
         b = self.backoff
         numbers = (b.base, b.factor, b.maximum, b.jitter)
         if not all(isinstance(n, (int, float)) and n >= 0 for n in numbers) or b.jitter > 1:
@@ -151,6 +161,8 @@ class TaskType:
     serializer: type[serializers.Serializer] | None
     base_policy: Policy
     description: str = ""
+    # Where the type runs when its policy's priority does not say (django.tasks' queue_name).
+    queue: str | None = None
     # What people read (the console); `name` is what the database, Redis and the API keep.
     title: str = ""
 
@@ -169,6 +181,11 @@ class TaskType:
             if payload:
                 raise InvalidPayload({name: ["Unknown field."] for name in sorted(payload)})
             return {}
+        # A serializer may validate in plain Python (DRF's machinery costs ~70 µs a call,
+        # on the enqueue path and again in the worker); it still describes the fields.
+        clean = getattr(self.serializer, "clean_payload", None)
+        if clean is not None:
+            return clean(payload)
         serializer = self.serializer(data=payload)
         if not serializer.is_valid():
             raise InvalidPayload(dict(serializer.errors))
@@ -183,14 +200,19 @@ def register(
     *,
     serializer: type[serializers.Serializer] | None = None,
     description: str = "",
+    queue: str | None = None,
+    replace: bool = False,
     title: str = "",
     **policy: Any,
 ) -> Callable[[Handler], Handler]:
     """Decorator: register `handler` as the task type `name` with its policy and `title`
-    (in words, for people; by default the name with spaces for underscores)."""
+    (in words, for people; by default the name with spaces for underscores).
+
+    `replace`: a type already registered under `name` is replaced (django.tasks' `using()`
+    makes a new Task of the same function), not an error."""
 
     def decorator(handler: Handler) -> Handler:
-        if name in _registry and _registry[name].handler is not handler:
+        if name in _registry and _registry[name].handler is not handler and not replace:
             raise ValueError(f"Task type {name!r} is already registered")
         summary = (handler.__doc__ or "").strip().split("\n", 1)[0]
         _registry[name] = TaskType(
@@ -199,6 +221,7 @@ def register(
             serializer=serializer,
             base_policy=Policy(**policy),
             description=description or summary,
+            queue=queue,
             title=title or _humanize(name),
         )
         return handler
@@ -223,10 +246,27 @@ def unregister(name: str) -> None:
 
 
 def get_task_type(name: str) -> TaskType:
-    try:
-        return _registry[name]
-    except KeyError:
-        raise UnknownTaskType(f"Unknown task type {name!r}.") from None
+    """The type `name`. A dotted name not registered yet (a django.tasks function, whose
+    type is its path: it registers when its module is imported) imports its module first,
+    as Django's own database backend does with the path it stores."""
+    spec = _registry.get(name)
+    if spec is None and "." in name:
+        module = name.rpartition(".")[0]
+        with contextlib.suppress(ImportError, ValueError):
+            importlib.import_module(module)
+        spec = _registry.get(name)
+    if spec is None:
+        raise UnknownTaskType(f"Unknown task type {name!r}.")
+    return spec
+
+
+def is_registered(name: str) -> bool:
+    return name in _registry
+
+
+def type_for_handler(handler: Callable[..., Any]) -> TaskType | None:
+    """The registered type whose handler is `handler`, if any."""
+    return next((spec for spec in _registry.values() if spec.handler is handler), None)
 
 
 def task_types() -> list[TaskType]:

@@ -9,7 +9,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -110,3 +110,18 @@ def http_status(url: str, **headers: str) -> int | None:
         return exc.code
     except OSError:
         return None
+
+
+@contextlib.contextmanager
+def bind_mount(source: Path, target: Path) -> Iterator[Path]:
+    """`source` mounted at `target` (created) with `mount --bind`; unmounted after."""
+    target.mkdir(parents=True)
+    done = subprocess.run(
+        ["mount", "--bind", str(source), str(target)], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True)

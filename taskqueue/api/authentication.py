@@ -1,12 +1,18 @@
-"""Token authentication with a short per-process cache of token → user.
+"""Token authentication with a per-process cache of token → user, invalidated everywhere.
 
-DRF's `TokenAuthentication` reads the token and its user on every request (a query of
-about 1.4 ms of the enqueue POST's 5 ms, measured). Here a token seen in the last
+DRF's `TokenAuthentication` reads the token and its user on every request, and the
+permission checks then read the user's and groups' permissions (three queries, about
+1.4 ms of the enqueue POST's 5 ms, measured). Here a token seen in the last
 `TOKEN_CACHE_SECONDS` (5 by default; 0 turns the cache off) is answered from memory, with
-the user's permissions. A token deleted or saved, a user saved or deleted, a change of a
-user's groups or permissions or of a group's permissions empties the cache at once in the
-process that made the change, and within that many seconds everywhere else. (Changes made
-with `QuerySet.update()` send no signal: they take the full delay.)
+the user's permissions, as long as the **auth generation** in Redis has not moved.
+
+A token deleted or saved, a user saved or deleted (its active or staff flag), a change of a
+user's groups or permissions or of a group's permissions increments that counter once the
+change commits: the next request in every web process reads the new generation (one GET)
+and goes back to the database. Entries carry the generation read *before* their database
+read, so a request racing a commit can never cache the old row under the new generation.
+When Redis does not answer, nothing is cached or served from the cache. (Changes made with
+`QuerySet.update()` send no signal: those take up to TOKEN_CACHE_SECONDS.)
 """
 
 import copy
@@ -15,36 +21,48 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 
+from taskqueue import backend
 from taskqueue.conf import conf
 
 MAX_ENTRIES = 1024
-_cache: dict[str, tuple[float, Any, Token]] = {}
+# token key -> (expires at, auth generation, user, token)
+_cache: dict[str, tuple[float, int, Any, Token]] = {}
 
 
 class CachedTokenAuthentication(TokenAuthentication):
     def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
         ttl = conf.TOKEN_CACHE_SECONDS
+        generation = backend.auth_generation() if ttl > 0 else None
         now = time.monotonic()
-        hit = _cache.get(key) if ttl > 0 else None
-        if hit is not None and hit[0] > now:
+        hit = _cache.get(key) if generation is not None else None
+        if hit is not None and hit[0] > now and hit[1] == generation:
             # A copy per request: attributes set on one request's user never reach another.
-            return copy.copy(hit[1]), hit[2]
+            return copy.copy(hit[2]), hit[3]
         user, token = super().authenticate_credentials(key)  # raises AuthenticationFailed
-        if ttl > 0:
+        if generation is not None:
             user.get_all_permissions()  # fills the permission caches every copy shares
             if len(_cache) >= MAX_ENTRIES:
                 _cache.clear()
-            _cache[key] = (now + ttl, user, token)
+            _cache[key] = (now + ttl, generation, user, token)
         return copy.copy(user), token
 
 
 def forget_tokens(**kwargs: Any) -> None:
-    """A token was deleted or a user changed: drop this process's cache."""
+    """A token, a user or a permission changed: drop this process's cache now, and every
+    process's once the change is committed (before, another process would re-read and
+    cache the old row)."""
     _cache.clear()
+    transaction.on_commit(_forget_everywhere, robust=True)
+
+
+def _forget_everywhere() -> None:
+    _cache.clear()
+    backend.bump_auth_generation()
 
 
 post_delete.connect(forget_tokens, sender=Token, dispatch_uid="taskqueue-token-deleted")

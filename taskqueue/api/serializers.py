@@ -78,6 +78,47 @@ class TaskSerializer(BuiltOnceMixin, serializers.ModelSerializer):
         read_only_fields = fields
 
 
+SUMMARY_LENGTH = 200
+
+
+def summarize(result: dict[str, Any] | None) -> str | None:
+    """One line for a list: top-level scalars as they are, containers by their size.
+
+    `{"runs_deleted": 3, "dry_run": false, "runs": [...]}` → `dry_run: false, runs: [12 items],
+    runs_deleted: 3`; keys in order (PostgreSQL's jsonb keeps none), at most SUMMARY_LENGTH
+    characters."""
+    if result is None:
+        return None
+    parts = []
+    for key, value in sorted(result.items()):
+        if isinstance(value, dict):
+            shown = f"{{{len(value)} keys}}" if len(value) != 1 else "{1 key}"
+        elif isinstance(value, list):
+            shown = f"[{len(value)} items]" if len(value) != 1 else "[1 item]"
+        elif isinstance(value, bool) or value is None:
+            shown = {True: "true", False: "false", None: "null"}[value]
+        else:
+            shown = str(value)
+        parts.append(f"{key}: {shown}")
+    line = ", ".join(parts)
+    return line if len(line) <= SUMMARY_LENGTH else line[: SUMMARY_LENGTH - 1] + "…"
+
+
+class TaskListSerializer(TaskSerializer):
+    """A task in a list: its result summarised in one line (the detail has the result)."""
+
+    result_summary = serializers.SerializerMethodField()
+
+    class Meta(TaskSerializer.Meta):
+        fields = [
+            "result_summary" if name == "result" else name for name in TaskSerializer.Meta.fields
+        ]
+        read_only_fields = fields
+
+    def get_result_summary(self, task: Task) -> str | None:
+        return summarize(task.result)
+
+
 class TaskDetailSerializer(TaskSerializer):
     attempt_history = serializers.SerializerMethodField()
 

@@ -22,6 +22,7 @@ from taskqueue.api.serializers import (
     ScheduleSerializer,
     TaskDetailSerializer,
     TaskFilterSerializer,
+    TaskListSerializer,
     TaskSerializer,
 )
 from taskqueue.api.throttling import EnqueueThrottle
@@ -80,6 +81,9 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             return "taskqueue.change_task"
         return "taskqueue.view_task"
 
+    def get_serializer_class(self) -> type[TaskSerializer]:
+        return TaskListSerializer if self.action == "list" else TaskSerializer
+
     def get_queryset(self) -> Any:
         queryset = Task.objects.select_related("requested_by", "cancelled_by")
         if self.action == "retrieve":
@@ -105,7 +109,8 @@ class TaskViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return super().get_object()
 
     @extend_schema(
-        parameters=[TaskFilterSerializer], responses={200: TaskSerializer, **errors(400, 401, 403)}
+        parameters=[TaskFilterSerializer],
+        responses={200: TaskListSerializer, **errors(400, 401, 403)},
     )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)

@@ -411,6 +411,27 @@ def count_hit(key: str, *, expire: int) -> int:
     return int(hits)
 
 
+AUTH_GENERATION_KEY = "taskqueue:auth-generation"
+
+
+def auth_generation() -> int | None:
+    """The counter every web process compares its token cache with; None if Redis is down."""
+    try:
+        value = get_connection().get(AUTH_GENERATION_KEY)
+    except RedisError:
+        return None
+    return int(value or 0)
+
+
+def bump_auth_generation() -> None:
+    """Tokens, users or permissions changed: every process's token cache is stale."""
+    try:
+        get_connection().incr(AUTH_GENERATION_KEY)
+    except RedisError as exc:
+        # The other processes' caches then expire on their own (TOKEN_CACHE_SECONDS).
+        logger.warning("Could not invalidate the token caches through Redis: %s", exc)
+
+
 def action_totals(name: str) -> dict[str, int]:
     raw = get_connection().hgetall(f"taskqueue:actions:{name}")
     return {key.decode(): int(value) for key, value in raw.items()}

@@ -6,6 +6,7 @@ terminal states never move. Nothing outside these methods assigns `status`.
 """
 # ruff: noqa: S608  (the one raw SQL here interpolates our own table and column names only)
 
+import math
 from datetime import datetime
 from typing import Any
 
@@ -304,6 +305,12 @@ class Task(models.Model):
         if percent is not None:
             values["progress"] = max(0.0, min(100.0, float(percent)))
         return self._transition((self.Status.LEASED,), values, attempts=attempt)
+
+    def dispatch_delay(self) -> int:
+        """Seconds until this waiting task may run (its retry or run_after), 0 if it may now."""
+        if self.next_attempt_at is None:
+            return 0
+        return max(0, math.ceil((self.next_attempt_at - timezone.now()).total_seconds()))
 
     def redispatch(self) -> bool:
         """Move a waiting task to a new RQ job generation (the old job will not run it)."""

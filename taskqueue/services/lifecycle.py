@@ -5,6 +5,7 @@ import json
 import logging
 import time
 from contextlib import nullcontext
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -38,18 +39,21 @@ def enqueue_task(
     priority: int | None = None,
     max_attempts: int | None = None,
     timeout: int | None = None,
+    queue: str | None = None,
+    run_after: datetime | None = None,
 ) -> tuple[Task, bool]:
     """Record a task and enqueue its job once the caller's transaction commits.
 
-    Returns (task, created): for an exclusive type, a request identical to an active task
-    returns that task with created=False. Raises UnknownTaskType or InvalidPayload. If Redis
-    is down the task stays queued with no job, for the reconciler to dispatch; with
-    USE_TASK_QUEUE off it runs inline before this returns.
+    Returns (task, created): for a deduplicated type (exclusive ones are), a request
+    identical to an active task returns that task with created=False. Raises UnknownTaskType
+    or InvalidPayload. `queue` defaults to the type's, else the priority's; `run_after`
+    schedules the first attempt. If Redis is down the task stays queued with no job, for
+    the reconciler to dispatch; with USE_TASK_QUEUE off it runs inline before this returns.
     """
     spec = get_task_type(task_type)
     policy = spec.policy
     cleaned = spec.validate_payload(payload)
-    dedup_key = _dedup_key(task_type, cleaned) if policy.exclusive else None
+    dedup_key = _dedup_key(task_type, cleaned) if policy.deduplicates else None
     if dedup_key and (existing := Task.objects.active().filter(dedup_key=dedup_key).first()):
         return existing, False
     if _at_cap(task_type):
@@ -63,7 +67,8 @@ def enqueue_task(
         "max_attempts": max_attempts or policy.max_attempts,
         "timeout": timeout or policy.timeout,
         "priority": priority,
-        "queue": queue_for_priority(priority),
+        "queue": queue or spec.queue or queue_for_priority(priority),
+        "next_attempt_at": run_after,
         "dedup_key": dedup_key,
         "exclusive": policy.exclusive,
         "requested_by": requested_by,
@@ -119,7 +124,8 @@ def _dedup_key(task_type: str, payload: dict[str, Any]) -> str:
 
 def _dispatch(task: Task) -> None:
     try:
-        backend.dispatch(task, publish=[events.created(task)])  # announced with its job
+        # announced with its job, in the same round trip
+        backend.dispatch(task, delay=task.dispatch_delay(), publish=[events.created(task)])
     except QueueUnavailable as exc:
         logger.warning("Task %s stays queued until Redis is back: %s", task.pk, exc)
 
@@ -205,5 +211,6 @@ def retry_task(task: Task | int, *, by: Any = None, source: str = "") -> Task:
         priority=task.priority,
         max_attempts=task.max_attempts,
         timeout=task.timeout,
+        queue=task.queue,
     )
     return new_task

@@ -169,6 +169,6 @@ def _end_lost_attempt(task: Task, status: str | None, counts: Counter) -> None:
 
 def _redispatch(task: Task, counts: Counter, action: str) -> None:
     if task.redispatch():
-        backend.dispatch(task)
+        backend.dispatch(task, delay=task.dispatch_delay())  # a retry or run_after: not early
         counts[action] += 1
         logger.warning("Reconciler: task %s %s as job %s", task.pk, action, task.job_id)

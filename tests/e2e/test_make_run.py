@@ -51,6 +51,15 @@ def test_run_serves_web_worker_cron_and_ctrl_c_stops_everything() -> None:
         _, alive = psutil.wait_procs(descendants, timeout=10)
         assert alive == [], f"left behind: {[p.cmdline() for p in alive]}"
         assert launcher.returncode == 0
+        log.flush()
+        with open(os.path.join(var_dir, "run.log")) as written:
+            output = written.read()
+        # The banner names the Redis in use (for `rq info`) and how to reset the password.
+        assert f"Redis:  unix://{var_dir}/redis/redis.sock" in output
+        assert "manage.py changepassword admin" in output
+        # Each start-up line once: django-rq's rqcron used to print RQ's own lines again.
+        assert output.count("Loading cron configuration from taskqueue.cron") == 1, output
+        assert "Starting cron scheduler" not in output
     finally:
         if launcher.poll() is None:
             stop_process_group(launcher)

@@ -72,6 +72,36 @@ def test_a_page_size_outside_1_to_100_is_refused(api):
     assert len(api.get(f"{BASE}/tasks?page_size=100").json()["results"]) == 25
 
 
+def test_the_list_summarises_each_result_and_the_detail_has_it_whole(api, admin_user):
+    big = {"lines": 120000, "dry_run": False, "top_messages": [{"message": "x" * 500}] * 50,
+           "by_level": {"ERROR": 3, "INFO": 900}, "note": None}  # fmt: skip
+    tasks = [Task.objects.create(task_type="log_statistics", status="completed", result=big)
+             for _ in range(20)]  # fmt: skip
+    listed = api.get(f"{BASE}/tasks?page_size=20").json()["results"]
+    assert all("result" not in task for task in listed)
+    assert listed[0]["result_summary"] == (
+        "by_level: {2 keys}, dry_run: false, lines: 120000, note: null, top_messages: [50 items]"
+    )
+    assert api.get(f"{BASE}/tasks/{tasks[0].pk}").json()["result"] == big
+    # The browsable list: a page of summaries, not twenty copies of every message.
+    client = APIClient()
+    client.force_login(admin_user)
+    page = client.get(f"{BASE}/tasks?page_size=20", HTTP_ACCEPT="text/html")
+    assert page.status_code == 200
+    assert b"x" * 500 not in page.content
+    assert page.content.count(b"top_messages: [50 items]") == 20
+    assert len(page.content) < 60_000
+
+
+def test_a_long_summary_is_cut_at_200_characters(api):
+    Task.objects.create(task_type="ping", status="completed", result={"text": "y" * 1000})
+    summary = api.get(f"{BASE}/tasks").json()["results"][0]["result_summary"]
+    assert len(summary) == 200
+    assert summary.endswith("…")
+    Task.objects.create(task_type="ping", status="queued")
+    assert api.get(f"{BASE}/tasks").json()["results"][0]["result_summary"] is None
+
+
 @pytest.mark.parametrize("page_size", [5, 50])
 def test_the_list_costs_the_same_queries_whatever_the_page_size(admin_user, redis_db, page_size):
     client = APIClient()

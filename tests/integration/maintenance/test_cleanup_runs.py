@@ -1,6 +1,9 @@
 """cleanup_runs: finished runs past the cutoff go with their artifacts; nothing else."""
 
 import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,6 +13,7 @@ from django.utils import timezone
 
 from maintenance.models import PendingArtifactRemoval, Run
 from maintenance.operations import cleanup_runs
+from tests.helpers import bind_mount, snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -137,3 +141,96 @@ def test_a_run_without_artifacts_or_with_missing_ones_is_deleted(artifacts: Path
     os.rename(artifacts / gone.artifacts_dir, artifacts / "elsewhere")
     result = cleanup_runs(max_age_hours=24)
     assert (result["runs_deleted"], result["artifact_dirs_removed"]) == (2, 0)
+
+
+def test_a_dry_run_changes_nothing_and_reports_the_journal_too(artifacts: Path) -> None:
+    """Directories left in the journal by an earlier run are counted, not removed."""
+    (artifacts / "runs" / "orphan").mkdir(parents=True)
+    (artifacts / "runs" / "orphan" / "data").write_bytes(b"1234")
+    PendingArtifactRemoval.objects.create(path="runs/orphan")
+    old = run(artifacts, "succeeded", 48)
+    before = snapshot(artifacts)
+    result = cleanup_runs(max_age_hours=24, dry_run=True)
+    assert snapshot(artifacts) == before, "a dry run removed files"
+    assert list(PendingArtifactRemoval.objects.values_list("path", flat=True)) == ["runs/orphan"]
+    assert Run.objects.filter(pk=old.pk).exists()
+    assert result["dry_run"] is True
+    assert (result["runs_deleted"], result["artifact_dirs_removed"], result["bytes_removed"]) == (
+        1,
+        2,
+        1004,
+    )
+    assert result["removals_retried"] == 1
+
+
+@contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """A directory nobody, root included, can remove entries from (chattr +i)."""
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot make a directory immutable here: {done.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_failed_removal_stays_in_the_journal_counted_and_is_retried(artifacts: Path) -> None:
+    stuck = run(artifacts, "succeeded", 48)
+    locked = artifacts / stuck.artifacts_dir / "locked"
+    locked.mkdir()
+    (locked / "data").write_bytes(b"y" * 10)
+    with immutable(locked):
+        first = cleanup_runs(max_age_hours=24)
+        second = cleanup_runs(max_age_hours=24)
+        kept = list(PendingArtifactRemoval.objects.all())
+    assert [item.path for item in kept] == [stuck.artifacts_dir], "the failed removal was dropped"
+    assert kept[0].attempts == 2
+    assert "Operation not permitted" in kept[0].last_error
+    assert kept[0].last_attempt_at is not None
+    assert (first["runs_deleted"], first["removals_failed"], first["removals_retried"]) == (1, 1, 0)
+    assert first["skipped"] == {"permission_denied": 1}
+    assert "Operation not permitted" in first["errors"][0]
+    assert (second["runs_deleted"], second["removals_failed"], second["removals_retried"]) == (
+        0,
+        1,
+        1,
+    )
+    third = cleanup_runs(max_age_hours=24)  # the directory is removable again
+    assert not (artifacts / stuck.artifacts_dir).exists()
+    assert (third["removals_retried"], third["removals_failed"]) == (1, 0)
+    assert third["artifact_dirs_removed"] == 1
+    assert PendingArtifactRemoval.objects.count() == 0
+
+
+def test_a_mount_inside_old_artifacts_is_never_entered(artifacts: Path, sentinel: Path) -> None:
+    """A bind mount of the same file system (same st_dev) inside a run's artifacts."""
+    old = run(artifacts, "succeeded", 48, files=2)
+    before = snapshot(sentinel)
+    with bind_mount(sentinel, artifacts / old.artifacts_dir / "mounted") as mounted:
+        result = cleanup_runs(max_age_hours=24)
+        assert snapshot(sentinel) == before, "files were deleted through the mount"
+        assert mounted.is_dir()
+        kept = PendingArtifactRemoval.objects.get()
+    assert sorted(p.name for p in (artifacts / old.artifacts_dir).iterdir()) == ["mounted"]
+    assert (result["runs_deleted"], result["removals_failed"]) == (1, 1)
+    assert result["skipped"] == {"mount_point": 1}
+    assert (kept.path, kept.attempts) == (old.artifacts_dir, 1)
+    assert "mount point" in kept.last_error
+    cleanup_runs(max_age_hours=24)  # unmounted: the rest goes
+    assert not (artifacts / old.artifacts_dir).exists()
+    assert PendingArtifactRemoval.objects.count() == 0
+
+
+def test_a_mount_on_the_way_to_old_artifacts_is_not_crossed(
+    artifacts: Path, sentinel: Path
+) -> None:
+    old = run(artifacts, "succeeded", 48, files=0)
+    old.artifacts_dir = "mounted/dir"
+    old.save(update_fields=["artifacts_dir"])
+    before = snapshot(sentinel)
+    with bind_mount(sentinel, artifacts / "mounted"):
+        result = cleanup_runs(max_age_hours=24)
+        assert snapshot(sentinel) == before, "files were deleted through the mount"
+    assert result["skipped"] == {"mount_point": 1}
+    assert result["removals_failed"] == 1

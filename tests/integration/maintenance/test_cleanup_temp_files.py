@@ -12,7 +12,7 @@ from django.test import override_settings
 
 from maintenance.operations import cleanup_temp_files
 from taskqueue.exceptions import TaskError
-from tests.helpers import age
+from tests.helpers import age, bind_mount, snapshot
 
 
 @pytest.fixture
@@ -207,3 +207,14 @@ def test_another_file_system_below_the_root_is_not_entered(temp: Path) -> None:
         assert result["skipped"] == {"mount_point": 1}
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_bind_mount_of_the_same_file_system_is_not_entered(temp: Path, sentinel: Path) -> None:
+    """Same st_dev as the root: only the mount id tells it apart."""
+    before = snapshot(sentinel)
+    with bind_mount(sentinel, temp / "mounted") as mounted:
+        age(mounted, 48)
+        result = cleanup_temp_files(max_age_hours=24)
+        assert snapshot(sentinel) == before, "files were deleted through the mount"
+    assert result["skipped"] == {"mount_point": 1}
+    assert (result["files_removed"], result["dirs_removed"]) == (0, 0)
