@@ -81,6 +81,7 @@ def test_operations_are_called_by_their_titles_wherever_the_console_lists_them(o
     for name, title in TITLES.items():
         waiting = run_operation(page, name)  # no worker: each waits, queued
         assert page.locator("#content h2").first.inner_text().startswith(title)
+        assert page.locator(".breadcrumbs").inner_text().endswith(f"{title} #{waiting}")
     failed_task("cleanup_runs")  # on the dashboard: wait times and the last failures
     Schedule.objects.create(name="nightly", task_type="log_statistics", interval_seconds=3600)
     pages = {
