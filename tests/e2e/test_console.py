@@ -11,7 +11,7 @@ import pytest
 
 from taskqueue.models import Schedule, Task
 from taskqueue.services import enqueue_task, monitoring
-from tests.e2e.browser import BROWSER_TEST, LAYOUT_PROBLEMS, log_in, run_operation, shot
+from tests.e2e.browser import BROWSER_TEST, LAYOUT_PROBLEMS, SHOTS, log_in, run_operation, shot
 from tests.helpers import ROOT, wait_for
 
 pytestmark = BROWSER_TEST
@@ -187,7 +187,12 @@ def test_the_dashboard_holds_its_tables_from_1024_to_1920_px(operator, worker_pr
     problems = page.evaluate(LAYOUT_PROBLEMS, ["#tq-queues", "#tq-queues th, #tq-queues td"])
     problems += page.evaluate(LAYOUT_PROBLEMS, [".tq-card", ".tq-card th"])
     assert problems == [], problems
-    shot(page, f"dashboard-{width}", ROOT / "docs" / "img")
+    # The committed screenshots: refreshed with UPDATE_DOCS_IMG=1 (else into artifacts/).
+    shot(
+        page,
+        f"dashboard-{width}",
+        ROOT / "docs" / "img" if os.environ.get("UPDATE_DOCS_IMG") else SHOTS,
+    )
 
 
 def test_a_frozen_worker_shows_stale_and_its_waiting_queue_is_flagged(operator, worker_process):
