@@ -51,6 +51,10 @@ def check_root(setting: str, *, must_exist: bool = True) -> Path:
         raise UnsafeRoot(
             "root_missing", f"{setting} ({root}) does not exist or is not a directory."
         )
+    if setting in DESTRUCTIVE and _system(root):  # first: the project may live inside one
+        raise UnsafeRoot(
+            "root_system", f"{setting} ({root}) is a system or home directory, or inside one."
+        )
     project, var = _real(settings.BASE_DIR), _real(settings.VAR_DIR)
     if project.is_relative_to(root) or (
         root.is_relative_to(project) and not root.is_relative_to(var)
@@ -62,10 +66,6 @@ def check_root(setting: str, *, must_exist: bool = True) -> Path:
 
 
 def _check_destructive(setting: str, root: PurePosixPath, var: PurePosixPath) -> None:
-    if _system(root):
-        raise UnsafeRoot(
-            "root_system", f"{setting} ({root}) is a system or home directory, or inside one."
-        )
     if var.is_relative_to(root):
         raise UnsafeRoot(
             "root_holds_state",

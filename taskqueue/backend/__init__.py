@@ -259,9 +259,13 @@ def job_states(job_ids: list[str]) -> dict[str, JobState]:
     died before it leased the task (RQ's dequeue is a plain pop): nothing will ever run
     it, and it is reported missing (None). A live worker that has just popped it loses
     nothing when the reconciler acts on that: its lease is for the old dispatch.
+
+    So is a job whose hash is only a fragment: after Redis restarted empty, a worker's
+    heartbeat or started bookkeeping for the job it runs writes a few fields (status,
+    started_at, last_heartbeat) into a new hash that has no job in it.
     """
     connection = get_connection()
-    jobs = Job.fetch_many(job_ids, connection=connection) if job_ids else []
+    jobs = _fetch_jobs(job_ids, connection)
     waiting = [job for job in jobs if job is not None and job.get_status(refresh=False) == "queued"]
     if waiting:
         with connection.pipeline(transaction=False) as pipeline:
@@ -282,6 +286,24 @@ def job_states(job_ids: list[str]) -> dict[str, JobState]:
             status=status.value if status else None, due_at=due_at, ended_at=ended_at
         )
     return states
+
+
+def _fetch_jobs(job_ids: list[str], connection: redis.Redis) -> list[Job | None]:
+    """RQ's `fetch_many` (one round trip); one job at a time when one of them is not a job
+    (RQ then raises for the whole batch), each such one None."""
+    if not job_ids:
+        return []
+    try:
+        return Job.fetch_many(job_ids, connection=connection)
+    except NoSuchJobError:
+        jobs: list[Job | None] = []
+        for job_id in job_ids:
+            try:
+                jobs.append(Job.fetch(job_id, connection=connection))
+            except NoSuchJobError:
+                logger.warning("Job %s in Redis is not a whole job: taken as missing", job_id)
+                jobs.append(None)
+        return jobs
 
 
 def job_result(job_id: str) -> object:
