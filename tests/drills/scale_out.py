@@ -1,0 +1,84 @@
+"""The scale-out drill: three worker hosts, a web host, partitions, outages and clock skew.
+
+    make drill-scale-out            (or, as root: .venv/bin/python tests/drills/scale_out.py)
+
+Builds a small deployment on this machine (tests/drills/fleet.py): Redis and PostgreSQL of
+the drill's own on the default namespace, worker hosts h1-h3 and a web host in network
+namespaces, 5 ± 2 ms added each way on every link, one rqcron (on h1). Then:
+
+1. throughput: the same tasks through 1, 3 and 6 workers on the hosts, and through as many
+   on loopback (10,000 tasks on the hosts by default), each checked exactly once;
+2. a worker host partitioned mid-task for longer than the heartbeat margin;
+3. Redis unreachable from the web for 30 s while clients POST; then PostgreSQL restarted;
+4. one worker host's clock a few seconds off (libfaketime);
+
+and, at the end, the soak's checks over every task of the run (tests/soak/run.py: the
+ledger against the attempts, every row against its attempts and against RQ). The report
+goes to stdout, var/drills/scale-out.md and (with --write-docs) the results section of
+docs/scale-out.md. Exit status 1 if a check failed. Needs root (namespaces, iptables).
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.drills.fleet import Fleet  # noqa: E402
+from tests.drills.hosts import Cleanup  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=10_000, help="through the hosts, in all")
+    parser.add_argument("--loopback-tasks", type=int, default=5_000)
+    parser.add_argument("--workers", default="1,3,6", help="worker counts of the stages")
+    parser.add_argument("--delay", type=float, default=5.0, help="ms added each way")
+    parser.add_argument("--jitter", type=float, default=2.0, help="± ms")
+    parser.add_argument("--only", default="throughput,partition,outages,skew")
+    parser.add_argument("--write-docs", action="store_true", help="update docs/scale-out.md")
+    return parser.parse_args()
+
+
+def shares(total: int, counts: list[int]) -> list[int]:
+    """`total` tasks split in proportion to the worker counts."""
+    weights = sum(counts)
+    sizes = [total * count // weights for count in counts]
+    sizes[-1] += total - sum(sizes)
+    return sizes
+
+
+def main() -> None:
+    args = parse_args()
+    if os.geteuid() != 0:
+        sys.exit("The drill needs root (network namespaces, iptables).")
+    phases = set(args.only.split(","))
+    cleanup = Cleanup()
+    try:
+        fleet = Fleet(cleanup, delay_ms=args.delay, jitter_ms=args.jitter)
+        fleet.migrate()
+        os.environ.update(fleet.env(None))
+        import django
+
+        django.setup()
+        from tests.drills import throughput
+
+        fleet.start_cron(fleet.host("h1"))
+        stages = []
+        counts = [int(n) for n in args.workers.split(",")]
+        first = 0
+        if "throughput" in phases:
+            for where, total in (("hosts", args.tasks), ("loopback", args.loopback_tasks)):
+                for workers, size in zip(counts, shares(total, counts), strict=True):
+                    stage = throughput.run_stage(fleet, where, workers, size, first)
+                    first += size
+                    print(stage, f"per worker {stage.per_worker:.1f}/s", flush=True)
+                    stages.append(stage)
+    finally:
+        cleanup.run()
+
+
+if __name__ == "__main__":
+    main()
