@@ -8,6 +8,7 @@ worker is noticed in seconds; the reconciler runs every 15 s, as in production.
 """
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -46,6 +47,7 @@ class Fleet:
         self.cleanup.push(f"directory {self.base}", lambda: run("rm", "-rf", str(self.base)))
         self.logs = self.base / "logs"
         self.logs.mkdir()
+        self.cleanup.push("saving the logs", self._save_logs)
         (self.base / "var" / "log").mkdir(parents=True)
         (self.base / "var" / "log" / "app.log").touch()
         self.ledger = self.base / "ledger"
@@ -55,6 +57,15 @@ class Fleet:
         gateways = [host.gateway for host in self.network.hosts.values()]
         self.postgres = Postgres(self.base, gateways, self.cleanup)
         self.redis = Redis(self.base, gateways, self.cleanup)
+
+    def _save_logs(self) -> None:
+        """Keep the processes' logs (and PostgreSQL's, Redis's) in var/drills/logs/."""
+        kept = ROOT / "var" / "drills" / "logs"
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(self.logs, kept)
+        for extra in (self.base / "pg" / "log", self.base / "redis" / "redis.log"):
+            if extra.exists():
+                shutil.copy(extra, kept / f"{extra.parent.name}-{extra.name}")
 
     def host(self, name: str) -> Host:
         return self.network.hosts[name]

@@ -76,6 +76,15 @@ def main() -> None:
                     first += size
                     print(stage, f"per worker {stage.per_worker:.1f}/s", flush=True)
                     stages.append(stage)
+        from tests.drills import faults, partition
+
+        names = [fleet.start_worker(fleet.host(h)) for h in ("h1", "h2", "h3") for _ in (1, 2)]
+        fleet.wait_registered(names)
+        counter = faults.Counter(first + 1000)
+        results = {}
+        if "partition" in phases:
+            results["partition"] = partition.run(fleet, counter, faults.reconciler_actions())
+            print(results["partition"], flush=True)
     finally:
         cleanup.run()
 
