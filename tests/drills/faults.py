@@ -10,7 +10,6 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from tests.drills.fleet import Fleet
 
 Result = dict[str, Any]
 

@@ -85,6 +85,16 @@ def main() -> None:
         if "partition" in phases:
             results["partition"] = partition.run(fleet, counter, faults.reconciler_actions())
             print(results["partition"], flush=True)
+        if "outages" in phases:
+            from tests.drills import outages
+
+            web = fleet.start_web()
+            token = faults.api_token()
+            faults.wait_until(lambda: faults.http("GET", f"{web}/api/", "x")["status"], 60)
+            results["redis"] = outages.redis_from_web(fleet, web, token)
+            print(results["redis"], flush=True)
+            results["postgres"] = outages.postgres_restart(fleet, web, token, counter)
+            print(results["postgres"], flush=True)
     finally:
         cleanup.run()
 
