@@ -95,6 +95,11 @@ def main() -> None:
             print(results["redis"], flush=True)
             results["postgres"] = outages.postgres_restart(fleet, web, token, counter)
             print(results["postgres"], flush=True)
+        if "skew" in phases:
+            from tests.drills import skew
+
+            results["skew"] = skew.run(fleet, counter)
+            print(results["skew"], flush=True)
     finally:
         cleanup.run()
 
