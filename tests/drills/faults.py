@@ -10,7 +10,6 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-
 Result = dict[str, Any]
 
 

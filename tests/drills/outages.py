@@ -82,7 +82,9 @@ def postgres_restart(fleet: Fleet, web: str, token: str, counter: Counter) -> Re
     fleet.postgres.stop("fast")
     while time.time() - stopped < POSTGRES_DOWN_SECONDS:
         answers.append(post_enqueue(web, token) | {"phase": "down"})
-        answers.append(http("GET", f"{web}/api/system/maintenance/tasks", token) | {"phase": "down"})
+        answers.append(
+            http("GET", f"{web}/api/system/maintenance/tasks", token) | {"phase": "down"}
+        )
     fleet.postgres.start()
     started = time.time()
     while time.time() - started < 10:

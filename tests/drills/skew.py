@@ -7,7 +7,7 @@ workers are restarted skewed, and then:
 
 - every worker runs a long task (10 s: five heartbeats) while reconciler passes run on the
   skewed host too (`manage.py reconcile_tasks` under the same offset), besides rqcron's;
-- short tasks are enqueued one every 20 ms, so that each waits a few milliseconds.
+- then short tasks are enqueued one every 20 ms, so that each waits a few milliseconds.
 
 The offset is larger than the drill's HEARTBEAT_MARGIN (4 s): a liveness judgement that
 compared one host's clock with another's would end live attempts. Checked: no reconciler
@@ -57,13 +57,15 @@ def _one_offset(fleet: Fleet, counter: Counter, offset: float) -> Result:
     wait_until(lambda: Task.objects.filter(pk__in=ids, status="leased").count() == len(ids), 30)
     passes = []
     began = time.monotonic()
-    while time.monotonic() - began < LONG_SECONDS - 2:
+    while time.monotonic() - began < LONG_SECONDS - 2:  # passes on the skewed host, too
         passes.append(fleet.manage(host, "reconcile-skewed", "reconcile_tasks", skew=offset))
-        for _ in range(SHORT_TASKS // 4):
-            ids.append(enqueue(counter()))
-            time.sleep(0.02)
+        time.sleep(2)
     for process in passes:
         process.wait(60)
+    wait_until(lambda: not Task.objects.filter(pk__in=ids, status="leased").exists(), 60)
+    for _ in range(SHORT_TASKS):  # paced: each waits for a free worker a few ms at most
+        ids.append(enqueue(counter()))
+        time.sleep(0.02)
     done = Task.objects.filter(pk__in=ids, status="completed")
     wait_until(lambda: done.count() == len(ids), 120, 0.5)
     problems = _check(fleet, ids, skewed)
@@ -77,8 +79,8 @@ def _one_offset(fleet: Fleet, counter: Counter, offset: float) -> Result:
         "reconciler passes on the skewed host": len(passes),
         "actions": actions_since(before),
         "stats": stats,
-        "problems": problems + [f"reconciler acted: {actions_since(before)}"]
-        * bool(actions_since(before)),
+        "problems": problems
+        + [f"reconciler acted: {actions_since(before)}"] * bool(actions_since(before)),
     }
 
 
@@ -96,8 +98,10 @@ def _check(fleet: Fleet, ids: list[int], skewed: list[str]) -> list[str]:
     for task in Task.objects.filter(pk__in=ids):
         attempts = list(TaskAttempt.objects.filter(task=task))
         if task.status != "completed" or len(attempts) != 1 or runs[(task.pk, 1)] != 1:
-            problems.append(f"task #{task.pk}: {task.status}, {len(attempts)} attempts, "
-                            f"{runs[(task.pk, 1)]} runs")  # fmt: skip
+            story = "; ".join(f"{a.number} {a.worker_name} {a.outcome} {a.error_code}"
+                              f" {a.error_message[:60]!r}" for a in attempts)  # fmt: skip
+            problems.append(f"task #{task.pk}: {task.status}, {runs[(task.pk, 1)]} runs of"
+                            f" attempt 1; attempts: {story}")  # fmt: skip
             continue
         attempt = attempts[0]
         wait = (attempt.started_at - task.created_at).total_seconds()
