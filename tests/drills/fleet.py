@@ -40,6 +40,7 @@ class Fleet:
     postgres: Postgres = field(init=False)
     redis: Redis = field(init=False)
     workers: dict[str, object] = field(default_factory=dict)  # name -> Popen
+    skews: dict[str, float] = field(default_factory=dict)  # worker name -> clock offset (s)
     started: int = 0
 
     def __post_init__(self) -> None:
@@ -103,6 +104,8 @@ class Fleet:
         name = f"{host.name if host else 'lo'}-w{self.started}"
         self.workers[name] = self.manage(host, name, "rqworker", "high", "default", "low",
                                          "--with-scheduler", "--name", name, skew=skew)  # fmt: skip
+        if skew:
+            self.skews[name] = skew
         return name
 
     def stop_workers(self, names: list[str] | None = None) -> None:
@@ -138,6 +141,21 @@ class Fleet:
                 *UVICORN_OPTIONS]  # fmt: skip
         self.network.spawn(host, "web", argv, env)
         return f"http://{host.address}:{WEB_PORT}"
+
+    def round_trip_ms(self, host: Host | None) -> float:
+        """The median time of a Redis PING from `host` (loopback: None), in ms."""
+        address = host.gateway if host else "127.0.0.1"
+        code = (
+            "import redis, statistics, time\n"
+            f"r = redis.Redis(host='{address}', port={self.redis.port}); r.ping()\n"
+            "times = []\n"
+            "for _ in range(200):\n"
+            "    began = time.perf_counter(); r.ping()\n"
+            "    times.append(time.perf_counter() - began)\n"
+            "print(statistics.median(times) * 1000)\n"
+        )
+        prefix = ["ip", "netns", "exec", host.namespace] if host else []
+        return float(run(*prefix, sys.executable, "-c", code).stdout)
 
     def migrate(self) -> None:
         import subprocess

@@ -21,6 +21,7 @@ docs/scale-out.md. Exit status 1 if a check failed. Needs root (namespaces, ipta
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +55,6 @@ def main() -> None:
     args = parse_args()
     if os.geteuid() != 0:
         sys.exit("The drill needs root (network namespaces, iptables).")
-    phases = set(args.only.split(","))
     cleanup = Cleanup()
     try:
         fleet = Fleet(cleanup, delay_ms=args.delay, jitter_ms=args.jitter)
@@ -63,45 +63,81 @@ def main() -> None:
         import django
 
         django.setup()
-        from tests.drills import throughput
-
-        fleet.start_cron(fleet.host("h1"))
-        stages = []
-        counts = [int(n) for n in args.workers.split(",")]
-        first = 0
-        if "throughput" in phases:
-            for where, total in (("hosts", args.tasks), ("loopback", args.loopback_tasks)):
-                for workers, size in zip(counts, shares(total, counts), strict=True):
-                    stage = throughput.run_stage(fleet, where, workers, size, first)
-                    first += size
-                    print(stage, f"per worker {stage.per_worker:.1f}/s", flush=True)
-                    stages.append(stage)
-        from tests.drills import faults, partition
-
-        names = [fleet.start_worker(fleet.host(h)) for h in ("h1", "h2", "h3") for _ in (1, 2)]
-        fleet.wait_registered(names)
-        counter = faults.Counter(first + 1000)
-        results = {}
-        if "partition" in phases:
-            results["partition"] = partition.run(fleet, counter, faults.reconciler_actions())
-            print(results["partition"], flush=True)
-        if "outages" in phases:
-            from tests.drills import outages
-
-            web = fleet.start_web()
-            token = faults.api_token()
-            faults.wait_until(lambda: faults.http("GET", f"{web}/api/", "x")["status"], 60)
-            results["redis"] = outages.redis_from_web(fleet, web, token)
-            print(results["redis"], flush=True)
-            results["postgres"] = outages.postgres_restart(fleet, web, token, counter)
-            print(results["postgres"], flush=True)
-        if "skew" in phases:
-            from tests.drills import skew
-
-            results["skew"] = skew.run(fleet, counter)
-            print(results["skew"], flush=True)
+        failed = drill(args, fleet)
     finally:
         cleanup.run()
+    sys.exit(1 if failed else 0)
+
+
+def drill(args: argparse.Namespace, fleet: Fleet) -> bool:
+    """Every phase, the last checks and the report; whether something failed."""
+    from tests.drills import faults, report, throughput
+
+    phases = set(args.only.split(","))
+    cron = fleet.start_cron(fleet.host("h1"))
+    rtt = {name: fleet.round_trip_ms(fleet.host(name)) for name in ("h1", "web")}
+    rtt["loopback"] = fleet.round_trip_ms(None)
+    print(f"Redis round trips (ms): {rtt}", flush=True)
+    stages, first = [], 0
+    counts = [int(n) for n in args.workers.split(",")]
+    if "throughput" in phases:
+        for where, total in (("hosts", args.tasks), ("loopback", args.loopback_tasks)):
+            for workers, size in zip(counts, shares(total, counts), strict=True):
+                stages.append(throughput.run_stage(fleet, where, workers, size, first))
+                first += size
+                print(stages[-1], flush=True)
+    names = [fleet.start_worker(fleet.host(h)) for h in ("h1", "h2", "h3") for _ in (1, 2)]
+    fleet.wait_registered(names)
+    results = run_faults(fleet, phases, faults.Counter(first + 1000))
+    checked = settle_and_check(fleet, cron)
+    failed = bool(checked[0]) or any(_problems(result) for result in results.values())
+    failed |= any(stage.not_exactly_once for stage in stages)
+    text = report.render(args, stages, results, checked, rtt, failed)
+    report.write(text, ROOT, args.write_docs)
+    print(text)
+    return failed
+
+
+def run_faults(fleet: Fleet, phases: set[str], counter: object) -> dict:
+    from tests.drills import faults, outages, partition, skew
+
+    results = {}
+    if "partition" in phases:
+        results["partition"] = partition.run(fleet, counter, faults.reconciler_actions())
+        print(results["partition"], flush=True)
+    if "outages" in phases:
+        web = fleet.start_web()
+        token = faults.api_token()
+        faults.wait_until(lambda: faults.http("GET", f"{web}/api/", "x")["status"], 60)
+        results["redis"] = outages.redis_from_web(fleet, web, token)
+        print(results["redis"], flush=True)
+        results["postgres"] = outages.postgres_restart(fleet, web, token, counter)
+        print(results["postgres"], flush=True)
+    if "skew" in phases:
+        results["skew"] = skew.run(fleet, counter)
+        print(results["skew"], flush=True)
+    return results
+
+
+def _problems(result: dict) -> list:
+    if "problems" in result:
+        return result["problems"]
+    return [p for value in result.values() if isinstance(value, dict) for p in _problems(value)]
+
+
+def settle_and_check(fleet: Fleet, cron: object) -> tuple[dict, dict]:
+    """Stop the cron, let the workers drain what it enqueued, stop them; then check."""
+    from taskqueue import backend
+    from tests.drills import faults, report
+    from tests.drills.hosts import kill_tree
+
+    kill_tree(cron)
+    queues = [f"rq:queue:{name}" for name in ("high", "default", "low")]
+    connection = backend.get_connection()
+    faults.wait_until(lambda: not any(connection.llen(key) for key in queues), 60)
+    time.sleep(2)
+    fleet.stop_workers()
+    return report.final_checks(fleet)
 
 
 if __name__ == "__main__":
