@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install install-dev bench soak clean
+.PHONY: run test lint install install-dev bench soak drill-scale-out clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ bench: install-dev
 
 soak: install-dev
 	$(BIN)/python -m tests.soak.run $(SOAK_ARGS)
+
+# As root: network namespaces, iptables, a PostgreSQL cluster and a Redis of its own.
+drill-scale-out: install-dev
+	command -v iptables >/dev/null || (apt-get update -q && apt-get install -y -q iptables)
+	test -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 || \
+		(apt-get update -q && apt-get install -y -q faketime)
+	$(BIN)/python tests/drills/scale_out.py $(DRILL_ARGS)
 
 clean:
 	rm -rf $(VENV) var

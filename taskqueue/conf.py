@@ -64,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
     # Bounds on Redis calls made on the request path, in seconds.
     "REDIS_CONNECT_TIMEOUT": 2.0,
     "REDIS_SOCKET_TIMEOUT": 10.0,
+    # After a Redis call timed out (Redis cut off or hung), a process's calls fail at once
+    # for this many seconds instead of each waiting out its timeout (0: never).
+    "REDIS_RETRY_AFTER": 5.0,
 }
 
 

@@ -82,27 +82,36 @@ def validate(task: Task) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         return None, failure(exc)
 
 
-def record_outcome(task: Task, outcome: dict[str, Any], *, retry_at: Any = None) -> bool:
+# What record_outcome did with an attempt's outcome.
+WRITTEN = "written"
+REFUSED = "refused"  # the attempt had already ended elsewhere: the outcome is stale
+NOT_WRITTEN = "not written"  # the database stayed unreachable
+
+
+def record_outcome(task: Task, outcome: dict[str, Any], *, retry_at: Any = None) -> str:
     """End attempt `task.attempts` with `outcome` (retrying at `retry_at`, if given).
 
-    False if the attempt had already ended (the reconciler judged it) or the database
-    stayed unreachable (the reconciler will end it).
+    WRITTEN; REFUSED if the attempt had already ended (the reconciler judged its worker
+    gone: this late outcome must be recorded nowhere); NOT_WRITTEN if the database stayed
+    unreachable (the reconciler will end the attempt, from RQ's copy of the outcome).
     """
     number = task.attempts
     try:
         if outcome["status"] == COMPLETED:
-            return _record(task.complete, attempt=number, result=outcome["result"])
-        return _record(
-            task.fail,
-            attempt=number,
-            error_code=outcome["error_code"],
-            error_message=outcome["error_message"],
-            traceback=outcome.get("traceback", ""),
-            retry_at=retry_at,
-        )
+            written = _record(task.complete, attempt=number, result=outcome["result"])
+        else:
+            written = _record(
+                task.fail,
+                attempt=number,
+                error_code=outcome["error_code"],
+                error_message=outcome["error_message"],
+                traceback=outcome.get("traceback", ""),
+                retry_at=retry_at,
+            )
     except DatabaseError:
         logger.exception("Task %s: the end of attempt %s could not be recorded", task.pk, number)
-        return False
+        return NOT_WRITTEN
+    return WRITTEN if written else REFUSED
 
 
 def retry_at_for(task: Task, outcome: dict[str, Any], delay: int | None) -> Any:

@@ -49,6 +49,7 @@ from taskqueue import backend, events
 from taskqueue.conf import conf
 from taskqueue.execution import (
     COMPLETED,
+    REFUSED,
     close_connections,
     defer,
     record_outcome,
@@ -452,22 +453,49 @@ class Worker(RQWorker):
 
     def _end(self, attempt: Attempt, outcome: dict[str, Any]) -> None:
         job, queue, task = attempt.job, attempt.queue, attempt.task
-        if attempt.ended_elsewhere and outcome["status"] != COMPLETED:
-            self._rq_failed(job, queue, "The attempt was ended by the reconciler.", retry=False)
+        if attempt.ended_elsewhere:  # the row said so: no end of this attempt can apply
+            self._rq_superseded(attempt, outcome)
             return
         if outcome["status"] == STOPPED:
-            task.stopped(attempt=task.attempts)
+            if not task.stopped(attempt=task.attempts):
+                self._rq_superseded(attempt, outcome)
+                return
             self._stopped_job_id = job.id  # RQ marks the job stopped
             self._rq_failed(job, queue, "Stopped on request.", retry=False)
             return
         delay = job.get_retry_interval() if job.should_retry else None
         retry_at = retry_at_for(task, outcome, delay)
-        record_outcome(task, outcome, retry_at=retry_at)
-        if outcome["status"] == COMPLETED:
+        if record_outcome(task, outcome, retry_at=retry_at) == REFUSED:
+            self._rq_superseded(attempt, outcome)
+        elif outcome["status"] == COMPLETED:
             self._rq_finished(job, queue, outcome["result"])
         else:
             retried = retry_at is not None and task.status == Task.Status.RETRYING
             self._rq_failed(job, queue, outcome.get("traceback", ""), retry=retried)
+
+    def _rq_superseded(self, attempt: Attempt, outcome: dict[str, Any]) -> None:
+        """The attempt was ended elsewhere: the reconciler judged this worker gone (it was
+        cut off, or stopped) and deleted the attempt's job. The late outcome is recorded
+        nowhere: only this worker's own bookkeeping of the job (its execution, its entry in
+        the started registry, its current job and state) is cleared; the job is not written
+        again (RQ's end of a job would bring a deleted job back, finished or failed)."""
+        job, task = attempt.job, attempt.task
+        self.log.warning(
+            "Worker %s: attempt %s of task %s was ended elsewhere; its late outcome (%s)"
+            " is discarded",
+            self.name,
+            task.attempts,
+            task.pk,
+            outcome["status"],
+        )
+        try:
+            with self.connection.pipeline() as pipeline:
+                self.cleanup_execution(job, pipeline=pipeline)
+                super().set_state(WorkerStatus.IDLE, pipeline=pipeline)
+                events.send_held(pipeline)
+                pipeline.execute()
+        except backend.RedisError as exc:
+            self.log.warning("Worker %s: could not clear job %s: %s", self.name, job.id, exc)
 
     def _rq_finished(self, job: Job, queue: Queue, result: dict[str, Any]) -> None:
         job.ended_at = rq_now()

@@ -24,6 +24,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.timeouts import JobTimeoutException
 
+from taskqueue.backend import cutoff
 from taskqueue.backend.hub import EventHub as EventHub
 from taskqueue.backend.hub import event_hub as event_hub
 from taskqueue.conf import conf
@@ -44,7 +45,7 @@ RedisError = redis.RedisError
 
 @cache
 def _client(url: str, pid: int) -> redis.Redis:
-    return redis.Redis.from_url(
+    client = redis.Redis.from_url(
         url,
         socket_connect_timeout=conf.REDIS_CONNECT_TIMEOUT,
         socket_timeout=conf.REDIS_SOCKET_TIMEOUT,
@@ -54,6 +55,10 @@ def _client(url: str, pid: int) -> redis.Redis:
         lib_name=None,
         lib_version=None,
     )
+    # After a timeout, fail at once for a while instead of waiting out one per call.
+    pool = client.connection_pool
+    pool.connection_class = cutoff.fail_fast(pool.connection_class)
+    return client
 
 
 def get_connection() -> redis.Redis:

@@ -14,6 +14,14 @@ horses, so whichever process prepares a statement first, both use it. Behind a p
 does not keep sessions (PgBouncer in transaction mode) set TASKQUEUE["PREPARE_STATEMENTS"]
 to False.
 
+On PostgreSQL every time these statements write (created, leased, heartbeat, ended) is
+the database server's clock (`statement_timestamp()`), not the calling host's: workers,
+web processes and the reconciler on several hosts then agree on how old a heartbeat is,
+and waits and run times in the stats never mix two clocks, whatever the hosts' clocks say
+(a worker host's clock 5 s off made the reconciler end live attempts; found by the
+scale-out drill). The reconciler reads the same clock (`database_now`). SQLite, one host,
+keeps the process's clock.
+
 Only this module's own table and column names are interpolated into the SQL, never input.
 """
 # ruff: noqa: S608
@@ -49,22 +57,29 @@ def _columns() -> tuple[list[Any], str]:
     return fields, ", ".join(f'"{field.column}"' for field in fields)
 
 
+def _now(vendor: str) -> str:
+    """The SQL of "now" in these statements: the server's clock on PostgreSQL."""
+    return "statement_timestamp()" if vendor == "postgresql" else "%(now)s"
+
+
 @cache
 def _lease_sql(vendor: str) -> tuple[str, str]:
     """(UPDATE … RETURNING, INSERT of the attempt) or, on PostgreSQL, one CTE and ''."""
     task_model, attempt_model = _models()
     task, attempt = task_model._meta.db_table, attempt_model._meta.db_table
     _, returning = _columns()
+    now = _now(vendor)
     update = (
         f"UPDATE {task} SET status = 'leased', attempts = attempts + 1,"
-        " started_at = COALESCE(started_at, %(now)s), leased_at = %(now)s,"
-        " next_attempt_at = NULL, updated_at = %(now)s, heartbeat_at = %(beat)s"
+        f" started_at = COALESCE(started_at, {now}), leased_at = {now},"
+        f" next_attempt_at = NULL, updated_at = {now},"
+        f" heartbeat_at = CASE WHEN %(beats)s THEN {now} END"
         " WHERE id = %(id)s AND dispatch = %(dispatch)s AND status IN ('queued', 'retrying')"
     )
     insert = (
         f"INSERT INTO {attempt}"
         " (task_id, number, outcome, started_at, worker_name, error_code, error_message)"
-        " SELECT id, attempts, 'running', %(now)s, %(worker)s, '', '' FROM {source}"
+        f" SELECT id, attempts, 'running', {now}, %(worker)s, '', '' FROM {{source}}"
     )
     if vendor == "postgresql":
         sql = (
@@ -76,14 +91,25 @@ def _lease_sql(vendor: str) -> tuple[str, str]:
     return f"{update} RETURNING {returning}", insert.format(source=source)
 
 
+# The times a new task takes from the database's clock (on PostgreSQL).
+STAMPED_AT_INSERT = ("created_at", "updated_at")
+
+
 @cache
-def _insert_sql() -> tuple[str, tuple[Any, ...]]:
+def _insert_sql(vendor: str) -> tuple[str, tuple[Any, ...]]:
     """The INSERT of a new task, its fields (all but the id) in parameter order."""
     task_model, _ = _models()
     fields = tuple(f for f in task_model._meta.concrete_fields if not f.primary_key)
     columns = ", ".join(f'"{field.column}"' for field in fields)
-    values = ", ".join(f"%(i_{field.attname})s" for field in fields)
-    sql = f"INSERT INTO {task_model._meta.db_table} ({columns}) VALUES ({values}) RETURNING id"
+    stamped = STAMPED_AT_INSERT if vendor == "postgresql" else ()
+    values = ", ".join(
+        _now(vendor) if field.attname in stamped else f"%(i_{field.attname})s" for field in fields
+    )
+    returning = ", ".join(["id", *stamped])
+    sql = (
+        f"INSERT INTO {task_model._meta.db_table} ({columns}) VALUES ({values})"
+        f" RETURNING {returning}"
+    )
     return sql, fields
 
 
@@ -95,14 +121,17 @@ def insert(task: "Task") -> None:
     """
     alias = router.db_for_write(type(task))
     connection = connections[alias]
-    sql, fields = _insert_sql()
+    sql, fields = _insert_sql(connection.vendor)
     params = {
         f"i_{field.attname}": field.get_db_prep_save(getattr(task, field.attname), connection)
         for field in fields
     }
     with connection.cursor() as cursor:
         _execute(connection, cursor, sql, params)
-        task.pk = cursor.fetchone()[0]
+        task.pk, *stamps = cursor.fetchone()
+    if stamps:  # the database's times
+        for name, value in zip(STAMPED_AT_INSERT, stamps, strict=True):
+            setattr(task, name, value)
     task._state.adding, task._state.db = False, alias
 
 
@@ -119,7 +148,7 @@ def lease(task_id: int, dispatch: int, worker_name: str, *, heartbeats: bool) ->
         "id": task_id,
         "dispatch": dispatch,
         "now": now,
-        "beat": now if heartbeats else None,
+        "beats": heartbeats,
         "worker": worker_name[:200],
     }
     first, second = _lease_sql(connection.vendor)
@@ -134,10 +163,19 @@ def lease(task_id: int, dispatch: int, worker_name: str, *, heartbeats: bool) ->
     return _task_from_row(alias, row)
 
 
+# The times an attempt's end takes from the database's clock (on PostgreSQL).
+STAMPED_AT_END = ("updated_at", "finished_at")
+
+
 def end_attempt(
     task_id: int, number: int, values: dict[str, Any], outcome: str, now: datetime
-) -> bool:
-    """leased → `values["status"]` for attempt `number`, and close that attempt's row."""
+) -> dict[str, Any] | None:
+    """leased → `values["status"]` for attempt `number`, and close that attempt's row.
+
+    Returns None if the attempt had already ended, else the times as stored (`updated_at`
+    and, when `values` has it, `finished_at`: the database's clock on PostgreSQL, `now`
+    elsewhere).
+    """
     task_model, _ = _models()
     alias = router.db_for_write(task_model)
     connection = connections[alias]
@@ -148,17 +186,22 @@ def end_attempt(
         "id": task_id,
         "number": number,
         "outcome": outcome,
-        "finished": _db_value("updated_at", now, connection),
+        "now": _db_value("updated_at", now, connection),
         "code": values.get("error_code", ""),
         "message": values.get("error_message", ""),
     }
     atomic = transaction.atomic(using=alias, savepoint=False) if attempt_sql else nullcontext()
     with atomic, connection.cursor() as cursor:
         _execute(connection, cursor, task_sql, params)
-        applied = cursor.fetchone() is not None
-        if applied and attempt_sql:
+        row = cursor.fetchone()
+        if row is not None and attempt_sql:
             cursor.execute(attempt_sql, params)
-    return applied
+    if row is None:
+        return None
+    if connection.vendor != "postgresql":
+        return {name: values[name] for name in STAMPED_AT_END if name in values}
+    stamped = [name for name in STAMPED_AT_END if name in values]
+    return dict(zip(stamped, row[1:], strict=True))
 
 
 @cache
@@ -166,19 +209,27 @@ def _end_sql(vendor: str, names: tuple[str, ...]) -> tuple[str, str]:
     task_model, attempt_model = _models()
     task, attempt = task_model._meta.db_table, attempt_model._meta.db_table
     columns = {f.name: f.column for f in task_model._meta.concrete_fields}
-    assignments = ", ".join(f'"{columns[name]}" = %(v_{name})s' for name in names)
+    now = _now(vendor)
+    stamped = [name for name in STAMPED_AT_END if name in names] if vendor == "postgresql" else []
+    assignments = ", ".join(
+        f'"{columns[name]}" = {now if name in stamped else f"%(v_{name})s"}' for name in names
+    )
+    returning = ", ".join(["id", *(f'"{columns[name]}"' for name in stamped)])
     update = (
         f"UPDATE {task} SET {assignments}"
-        " WHERE id = %(id)s AND status = 'leased' AND attempts = %(number)s RETURNING id"
+        f" WHERE id = %(id)s AND status = 'leased' AND attempts = %(number)s RETURNING {returning}"
     )
     close = (
-        f"UPDATE {attempt} SET outcome = %(outcome)s, finished_at = %(finished)s,"
+        f"UPDATE {attempt} SET outcome = %(outcome)s, finished_at = {now},"
         " error_code = %(code)s, error_message = %(message)s"
         " WHERE task_id = {source} AND number = %(number)s"
     )
     if vendor == "postgresql":
         closing = close.format(source="(SELECT id FROM t)")
-        return f"WITH t AS ({update}), a AS ({closing}) SELECT id FROM t", ""
+        # The attempt's end takes the task's time, read back from the task's UPDATE.
+        closing = closing.replace(now, "(SELECT updated_at FROM t)")
+        stamps = "".join(f", {name}" for name in (f'"{columns[n]}"' for n in stamped))
+        return f"WITH t AS ({update}), a AS ({closing}) SELECT id{stamps} FROM t", ""
     return update, close.format(source="%(id)s")
 
 
@@ -188,7 +239,7 @@ def heartbeat(task_id: int, number: int, now: datetime) -> bool | None:
     alias = router.db_for_write(task_model)
     connection = connections[alias]
     sql = (
-        f"UPDATE {task_model._meta.db_table} SET heartbeat_at = %(now)s"
+        f"UPDATE {task_model._meta.db_table} SET heartbeat_at = {_now(connection.vendor)}"
         " WHERE id = %(id)s AND status = 'leased' AND attempts = %(number)s"
         " RETURNING stop_requested_at"
     )
@@ -206,8 +257,7 @@ PARAMETER_TYPES = {
     "dispatch": "integer",
     "number": "integer",
     "now": "timestamptz",
-    "beat": "timestamptz",
-    "finished": "timestamptz",
+    "beats": "boolean",
     "worker": "varchar",
     "outcome": "varchar",
     "code": "varchar",
@@ -326,6 +376,17 @@ def _task_from_row(alias: str, row: tuple) -> "Task":
     if converters:
         row = next(iter(compiler.apply_converters([list(row)], converters)))
     return task_model.from_db(alias, [field.attname for field in fields], row)
+
+
+def database_now() -> datetime:
+    """Now, by the clock the statements above write with (the server's, on PostgreSQL)."""
+    task_model, _ = _models()
+    connection = connections[router.db_for_read(task_model)]
+    if connection.vendor != "postgresql":
+        return timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement_timestamp()")
+        return cursor.fetchone()[0]
 
 
 def count_active(task_type: str, up_to: int) -> int:

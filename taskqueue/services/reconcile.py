@@ -58,7 +58,9 @@ def reconcile_tasks(*, limit: int | None = None) -> dict[str, int]:
 def _reconcile(limit: int, token: str) -> Counter:
     counts: Counter = Counter()
     backend.clean_started_registries()
-    now = timezone.now()
+    # Every age below is judged by the database's clock, the one heartbeats are written
+    # with: this host's clock may be off from the workers' (docs/scale-out.md).
+    now = Task.objects.database_now()
     waiting = list(
         Task.objects.waiting()
         .filter(created_at__lt=now - timedelta(seconds=conf.RECONCILE_GRACE))
@@ -71,15 +73,15 @@ def _reconcile(limit: int, token: str) -> Counter:
             logger.warning("Reconciler: lost its lock mid-pass; stopping this pass")
             break
         judge = _reconcile_leased if task.status == Task.Status.LEASED else _reconcile_waiting
-        judge(task, states[task.job_id], counts)
+        judge(task, states[task.job_id], counts, now)
     return counts
 
 
-def _reconcile_waiting(task: Task, state: backend.JobState, counts: Counter) -> None:
+def _reconcile_waiting(task: Task, state: backend.JobState, counts: Counter, now: datetime) -> None:
     """Give a waiting task a job that will run, unless it has one."""
     if state.status not in PENDING:
         _redispatch(task, counts, "dispatched")
-    elif state.status == "scheduled" and _overdue(state, timezone.now()):
+    elif state.status == "scheduled" and _overdue(state, now):
         # RQ's scheduler is not running (its worker died, or none was started with
         # --with-scheduler): dispatch under a new generation; the old job never runs.
         stale = task.job_id
@@ -92,9 +94,8 @@ def _overdue(state: backend.JobState, now: datetime) -> bool:
     return state.due_at is None or now - state.due_at > timedelta(seconds=conf.SCHEDULE_GRACE)
 
 
-def _reconcile_leased(task: Task, state: backend.JobState, counts: Counter) -> None:
+def _reconcile_leased(task: Task, state: backend.JobState, counts: Counter, now: datetime) -> None:
     """Judge a leased task's attempt only once its owner is provably gone."""
-    now = timezone.now()
     if _owner_alive(task, state, now):
         if task.stop_requested_at and now - task.stop_requested_at > timedelta(
             seconds=conf.RECONCILE_GRACE

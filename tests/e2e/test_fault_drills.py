@@ -173,7 +173,7 @@ def test_posts_while_redis_is_down_are_accepted_and_run_once_it_is_back(
         stop_process_group(web)
 
 
-def _post(url: str, token: str) -> int:
+def _post(url: str, token: str, timeout: float = 30) -> int:
     import urllib.error
     import urllib.request
 
@@ -181,7 +181,7 @@ def _post(url: str, token: str) -> int:
     request.add_header("Authorization", f"Token {token}")
     request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
