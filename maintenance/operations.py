@@ -23,7 +23,9 @@ from django.utils import timezone
 
 from maintenance import fs, roots
 from maintenance.conf import conf
-from maintenance.logs import LogSummary, log_files, log_size, read_lines
+from maintenance.logs import log_files, timestamp
+from maintenance.logstats.files import read_logs
+from maintenance.logstats.summary import LogSummary
 from maintenance.models import PendingArtifactRemoval
 from taskqueue.exceptions import TaskError
 from taskqueue.progress import report_progress
@@ -454,17 +456,13 @@ def log_statistics(hours: int = 24) -> dict[str, Any]:
     """Counts by level and logger, top errors, over the project's logs of the last hours."""
     since = timezone.now() - timedelta(hours=hours)
     files = log_files(conf.LOG_DIR, conf.LOG_FILE_NAME, since=since)
-    summary = LogSummary(since, max_distinct=conf.LOG_MAX_DISTINCT_MESSAGES)
-    sizes = [log_size(path) for path in files]  # a rotated file may be gzipped meanwhile
-    done = 0
-    for path, size in zip(files, sizes, strict=True):
-        summary.feed(read_lines(path))
-        done += size
-        report_progress(100 * done / (sum(sizes) or 1), f"read {path.name}")
+    summary = LogSummary(timestamp(since), max_distinct=conf.LOG_MAX_DISTINCT_MESSAGES)
+    processes = conf.LOG_READ_PROCESSES or min(4, len(os.sched_getaffinity(0)))
+    read = read_logs(files, summary, processes=processes, progress=report_progress)
     return {
         "hours": hours,
         "since": since.isoformat(),
         "files": [path.name for path in files],
-        "bytes_read": sum(sizes),
+        "bytes_read": read,
         **summary.result(top=conf.LOG_TOP_MESSAGES),
     }
