@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import compress, repeat
 from operator import itemgetter, not_
+from typing import Any, NamedTuple
 
 from maintenance.logs import LEVELS, mask
 from maintenance.logstats.summary import LogSummary, Part
@@ -84,7 +85,9 @@ def below(stamp: str) -> str:
 def classifier(since: str, first: str | None, last: str | None) -> re.Pattern[bytes]:
     """The pattern giving each line of a chunk its key (see the module's docstring)."""
     inside = between(first, last) if first and last else "(?!)"
-    keys = r"(?:ERROR|CRITICAL) ++[^ ]++ \[[0-9]++\] [^\n]*+|[^ ]++ ++[^ ]++(?= \[[0-9]++\] )"
+    # Level, logger and process id; with the message for an error.
+    keys = (r"(?!ERROR |CRITICAL )[^ ]++ ++[^ ]++ \[[0-9]++\] "
+            r"|(?:ERROR|CRITICAL) ++[^ ]++ \[[0-9]++\] [^\n]*+")  # fmt: skip
     pattern = (
         rf"\n(?:{inside} |)("
         rf"(?<=Z )(?:{keys})"  # in the window, between first and last
@@ -112,48 +115,65 @@ def finder(since: str | None) -> re.Pattern[bytes]:
     return re.compile(rf"\n({at_least(since) if since else _tail(0)}) {HEAD}".encode())
 
 
-def chunk_bounds(chunk: bytearray, end: int, since: str) -> Bounds:
-    """The earliest record of the window near the chunk's start and the latest near its end:
-    in a chunk in time order give or take a few lines, its first and last."""
-    early = finder(since).findall(chunk, 0, min(end, PROBE_BYTES))
+class Lines(NamedTuple):
+    """Whole lines in a buffer (a bytearray, an mmap): `buffer[begin]` is the newline before
+    the first, and they run to `end`, their last newline left out."""
+
+    buffer: Any
+    begin: int
+    end: int
+
+    @classmethod
+    def of(cls, buffer: Any, begin: int, stop: int) -> "Lines":
+        """The lines between a newline at `begin` and `stop` (after a newline, or the end)."""
+        return cls(buffer, begin, stop - 1 if stop > begin and buffer[stop - 1] == 10 else stop)
+
+    def text(self) -> list[str]:
+        """The lines as text, as reading them as UTF-8 (errors replaced) gives them."""
+        if self.end <= self.begin:
+            return []
+        return str(memoryview(self.buffer)[self.begin + 1 : self.end], "utf-8", "replace").split(
+            "\n"
+        )
+
+    def is_ascii(self) -> bool:
+        return bytes(memoryview(self.buffer)[self.begin : self.end]).isascii()
+
+
+def chunk_bounds(lines: Lines, since: str) -> Bounds:
+    """The earliest record of the window near the lines' start and the latest near their
+    end: in lines in time order give or take a few, the first and the last."""
+    buffer, begin, end = lines
+    early = finder(since).findall(buffer, begin, min(end, begin + PROBE_BYTES))
     if not early:
-        found = finder(since).search(chunk, 0, end)
+        found = finder(since).search(buffer, begin, end)
         if found is None:
             return Bounds()
         early = [found[1]]
-    late = finder(since).findall(chunk, max(0, end - PROBE_BYTES), end)
+    late = finder(since).findall(buffer, max(begin, end - PROBE_BYTES), end)
     first, last = min(early).decode(), max(late + early).decode()
     return Bounds(first, last, (first, last))
 
 
-def scan_chunk(
-    chunk: bytearray, size: int, since: str, cap: int, bounds: Bounds | None = None
-) -> Part | None:
-    """The counts of the lines in `chunk[:size]` (a newline, then whole lines), with
-    `bounds` of its file or else its own; None when more than `cap` distinct loggers or
-    messages would have to be kept."""
-    end = size - 1 if chunk[size - 1] == 10 else size
-    if end <= 0:
+def scan_chunk(lines: Lines, since: str, cap: int, bounds: Bounds | None = None) -> Part | None:
+    """The counts of the lines, with the `bounds` of their file or else their own; None when
+    more than `cap` distinct loggers or messages would have to be kept."""
+    if lines.end <= lines.begin:
         return Part()
     part = None
     if STAMP.fullmatch(since):
-        bounds = bounds or chunk_bounds(chunk, end, since)
-        keys = Counter(classifier(since, bounds.first, bounds.last).findall(chunk, 0, end))
-        is_ascii = lambda: bytes(memoryview(chunk)[:end]).isascii()  # noqa: E731
-        part = _tally(keys, is_ascii, bounds.held, since)
-    return part if part is not None else slow_scan(chunk, end, since, cap)
+        bounds = bounds or chunk_bounds(lines, since)
+        pattern = classifier(since, bounds.first, bounds.last)
+        keys = Counter(pattern.findall(lines.buffer, lines.begin, lines.end))
+        part = _tally(keys, lines.is_ascii, bounds.held, since)
+    return part if part is not None else slow_scan(lines, since, cap)
 
 
-def slow_scan(chunk: bytearray, end: int, since: str, cap: int) -> Part | None:
+def slow_scan(lines: Lines, since: str, cap: int) -> Part | None:
     """The same counts, line by line."""
     summary = LogSummary(since, max_distinct=cap)
-    summary.feed(chunk_lines(chunk, end))
+    summary.feed(lines.text())
     return None if summary.overflowed else summary.part()
-
-
-def chunk_lines(chunk: bytearray, end: int) -> list[str]:
-    """The lines of `chunk[1:end]` as text, as reading them as UTF-8 (errors replaced)."""
-    return str(memoryview(chunk)[1:end], "utf-8", "replace").split("\n") if end > 0 else []
 
 
 def _tally(
@@ -214,8 +234,9 @@ def _refused(key: bytes) -> bool:
     level, _, rest = key.partition(b" ")
     if level in (b"ERROR", b"CRITICAL"):
         found = ERROR_KEY.match(key)
-        rest = found[1].partition(b" ")[2].rpartition(b" [")[0] if found else b" "
-    return level.decode("latin-1") not in LEVELS or _logger(rest.lstrip(b" ")) is None
+        rest = found[1].partition(b" ")[2] if found else b" "
+    logger = rest.lstrip(b" ").rpartition(b" [")[0]
+    return level.decode("latin-1") not in LEVELS or _logger(logger) is None
 
 
 def _logger(raw: bytes) -> str | None:
@@ -234,7 +255,7 @@ def _other_keys(
         if b"\n" in order[i]:
             return None
         level, _, rest = order[i].partition(b" ")
-        logger = _logger(rest.lstrip(b" "))
+        logger = _logger(rest.lstrip(b" ").rpartition(b" [")[0])
         if logger is None or level.decode("latin-1") not in LEVELS:
             part.unparseable += counts[i]
         else:

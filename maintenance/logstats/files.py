@@ -12,22 +12,24 @@ a stream, one range (zlib is then the limit, about 250 MB/s of output on one cor
 import ctypes
 import gzip
 import io
+import mmap
 import os
 import signal
 import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from itertools import repeat
 from multiprocessing import get_context
 from pathlib import Path
 
-from maintenance.logstats.chunks import PROBE_BYTES, Bounds, chunk_lines, finder, scan_chunk
+from maintenance.logstats.chunks import PROBE_BYTES, Bounds, Lines, finder, scan_chunk
 from maintenance.logstats.summary import LogSummary, Part
 
-CHUNK_BYTES = 16 * 2**20
-PARALLEL_BYTES = 2 * CHUNK_BYTES  # less is read faster in this process than by forking
+CHUNK_BYTES = 4 * 2**20  # 4 to 32 MiB cost the same CPU; the smallest the least memory
+PARALLEL_BYTES = 32 * 2**20  # less is read faster in this process than by forking workers
 # The distinct loggers or messages a part of a file may bring back (its memory): past that,
 # the summary reads the part itself, line by line, as it merges.
 PART_KEYS = 20000
@@ -53,23 +55,46 @@ def read_logs(files: list[Path], summary: LogSummary, *, processes: int, progres
     """Count every line of `files` into `summary`, in order; the bytes there were to read."""
     with ExitStack() as stack:
         stack.callback(_buffers.clear)
+        # Every file opened before a worker is forked (they inherit the descriptors); the
+        # files split as the workers start on the first ones.
         opened = [found for path in files if (found := _open(path, stack))]
         total = sum(size for _, size, _ in opened)
-        sources = [source for found in opened for source in _split(*found, summary.since)]
+        sources: list[Source] = []
+        planned = _planned(opened, summary.since, sources)
         if total < PARALLEL_BYTES:
             processes = 1
-        done = 0
-        cap = max(PART_KEYS, summary.max_distinct)
-        parts = _parts(sources, summary.since, cap, processes, stack)
-        for source, part in zip(sources, parts, strict=True):
+        done, read, cap = 0, 0, max(PART_KEYS, summary.max_distinct)
+        parts = _parts(planned, summary.since, cap, processes, stack)
+        while (part := next(parts, _DONE)) is not _DONE:
+            source = sources[done]
+            if isinstance(part, BrokenProcessPool):  # a worker died: this process reads on
+                parts = _parts(_rest(sources, done, planned), summary.since, cap, 1, stack)
+                continue
             if part is None:  # too many distinct loggers or messages to merge: read it here
-                for chunk, size in _chunks(source):
-                    summary.feed(chunk_lines(chunk, _end(chunk, size)))
+                for lines in _chunks(source, mapped=False):
+                    summary.feed(lines.text())
             else:
                 summary.merge(part)
-            done += source.end - source.start
-            progress(100 * done / (total or 1), f"read {source.name}")
+            done, read = done + 1, read + source.end - source.start
+            progress(100 * read / (total or 1), f"read {source.name}")
     return total
+
+
+_DONE = object()
+
+
+def _rest(sources: list[Source], done: int, planned: Iterator[Source]) -> Iterator[Source]:
+    """The sources from the `done`-th on, those planned already and those still to come."""
+    yield from sources[done:]
+    yield from planned
+
+
+def _planned(opened: list, since: str, into: list[Source]) -> Iterator[Source]:
+    """The sources of the opened files, each also appended to `into` as it is made."""
+    for found in opened:
+        for source in _split(*found, since):
+            into.append(source)
+            yield source
 
 
 def _open(path: Path, stack: ExitStack) -> tuple[int, int, Path] | None:
@@ -151,15 +176,25 @@ def _line_start_after(fd: int, offset: int, size: int) -> int:
 
 
 def _parts(
-    sources: list[Source], since: str, cap: int, processes: int, stack: ExitStack
-) -> Iterator[Part | None]:
-    if processes <= 1 or len(sources) <= 1:
-        return map(scan_source, sources, repeat(since), repeat(cap))
-    executor = ProcessPoolExecutor(
-        min(processes, len(sources)), mp_context=get_context("fork"), initializer=_in_worker
-    )
+    sources: Iterator[Source], since: str, cap: int, processes: int, stack: ExitStack
+) -> Iterator[Part | BrokenProcessPool | None]:
+    """The sources' parts, in order: counted in worker processes when `processes` > 1 (then
+    the BrokenProcessPool that ends them if one dies, of a file truncated under its mapping
+    say), else here, reading the files."""
+    if processes <= 1:
+        return map(scan_source, sources, repeat(since), repeat(cap), repeat(False))
+    context = get_context("fork")
+    executor = ProcessPoolExecutor(processes, mp_context=context, initializer=_in_worker)
     stack.callback(executor.shutdown, wait=True, cancel_futures=True)
-    return executor.map(scan_source, sources, repeat(since), repeat(cap))
+    parts = executor.map(scan_source, sources, repeat(since), repeat(cap), repeat(True))
+    return _until_broken(parts)
+
+
+def _until_broken(parts: Iterator[Part | None]) -> Iterator[Part | BrokenProcessPool | None]:
+    try:
+        yield from parts
+    except BrokenProcessPool as exc:
+        yield exc
 
 
 def _in_worker() -> None:
@@ -171,12 +206,12 @@ def _in_worker() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def scan_source(source: Source, since: str, cap: int) -> Part | None:
-    """The counts of a source's lines (in a worker process); None when more than `cap`
-    distinct loggers or messages would have to be kept."""
+def scan_source(source: Source, since: str, cap: int, mapped: bool) -> Part | None:
+    """The counts of a source's lines (in a worker process, `mapped`); None when more than
+    `cap` distinct loggers or messages would have to be kept."""
     total = Part()
-    for chunk, size in _chunks(source):
-        part = scan_chunk(chunk, size, since, cap, source.bounds)
+    for lines in _chunks(source, mapped=mapped):
+        part = scan_chunk(lines, since, cap, source.bounds)
         if part is None or not _add(total, part, cap):
             return None
     return total
@@ -198,24 +233,44 @@ def _add(total: Part, part: Part, cap: int) -> bool:
     return True
 
 
-def _chunks(source: Source) -> Iterator[tuple[bytearray, int]]:
-    """The source's lines in chunks of whole lines, each after a newline: (buffer, size)."""
+def _chunks(source: Source, *, mapped: bool) -> Iterator[Lines]:
+    """The source's lines in chunks of whole lines: mapped (a worker process, which a file
+    truncated under the mapping kills with SIGBUS) or read."""
     if source.compressed:
         yield from _decompressed(source)
-        return
-    size = 1 + source.end - source.start
-    chunk = _buffer(size)
-    view, offset = memoryview(chunk)[1:size], source.start
-    while view:  # pread may return less than asked for
-        read = os.preadv(source.fd, [view], offset)
-        if read == 0:  # truncated meanwhile
-            size -= len(view)
-            break
-        view, offset = view[read:], offset + read
-    yield chunk, size
+    elif mapped and source.end > source.start:
+        yield from _mapped_lines(source)
+    else:
+        size = 1 + source.end - source.start
+        chunk = _buffer(size)
+        view, offset = memoryview(chunk)[1:size], source.start
+        while view:  # pread may return less than asked for
+            read = os.preadv(source.fd, [view], offset)
+            if read == 0:  # truncated meanwhile
+                size -= len(view)
+                break
+            view, offset = view[read:], offset + read
+        del view
+        yield Lines.of(chunk, 0, size)
 
 
-def _decompressed(source: Source) -> Iterator[tuple[bytearray, int]]:
+def _mapped_lines(source: Source) -> Iterator[Lines]:
+    """The lines of a plain source, mapped (MAP_POPULATE: no copy, no fault a page); the
+    newline before them is the file's, but for the file's first line."""
+    start = max(source.start - 1, 0)
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    with mmap.mmap(source.fd, source.end - base, flags, mmap.PROT_READ, offset=base) as mapped:
+        begin, stop = start - base, source.end - base
+        if source.start == 0:  # the file's first line, after a newline of its own
+            first = mapped.find(b"\n", 0, stop) + 1 or stop
+            yield Lines.of(bytearray(b"\n" + mapped[:first]), 0, first + 1)
+            begin = first - 1
+        if begin < stop - 1:
+            yield Lines.of(mapped, begin, stop)
+
+
+def _decompressed(source: Source) -> Iterator[Lines]:
     carry = b""
     with gzip.GzipFile(fileobj=io.BufferedReader(_PositionalReader(source.fd))) as stream:
         while block := stream.read(CHUNK_BYTES):
@@ -223,11 +278,11 @@ def _decompressed(source: Source) -> Iterator[tuple[bytearray, int]]:
             if cut:
                 chunk = bytearray(b"\n" + carry + block[:cut])
                 carry = block[cut:]
-                yield chunk, len(chunk)
+                yield Lines.of(chunk, 0, len(chunk))
             else:
                 carry += block
     if carry:
-        yield bytearray(b"\n" + carry), len(carry) + 1
+        yield Lines.of(bytearray(b"\n" + carry), 0, len(carry) + 1)
 
 
 _buffers: list[bytearray] = []
@@ -240,10 +295,6 @@ def _buffer(size: int) -> bytearray:
         _buffers[:] = [bytearray(max(size, CHUNK_BYTES + 65536))]
         _buffers[0][0] = 10
     return _buffers[0]
-
-
-def _end(chunk: bytearray, size: int) -> int:
-    return size - 1 if chunk[size - 1] == 10 else size
 
 
 class _PositionalReader(io.RawIOBase):

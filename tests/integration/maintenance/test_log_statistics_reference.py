@@ -14,6 +14,7 @@ import heapq
 import os
 import random
 import re
+import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -201,3 +202,32 @@ def test_counts_equal_a_plain_reading_of_random_logs(
     assert {key: result[key] for key in expected} == expected
     assert result["files"] == [path.name for path in paths]
     assert result["bytes_read"] == sum(path.stat().st_size for path in paths)
+
+
+def test_a_worker_that_dies_leaves_the_rest_to_this_process(
+    roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file truncated under a worker's mapping kills it (SIGBUS): the pool breaks, and the
+    sources from the one it was counting on are read here instead, nothing twice."""
+    rng = random.Random(99)
+    monkeypatch.setattr(operations.timezone, "now", lambda: NOW)
+    since = NOW - timedelta(hours=1)
+    paths = write_logs(roots["LOG_DIR"], rng, since, mess=0.01, disorder=0.01)
+    monkeypatch.setattr(files, "CHUNK_BYTES", 2000)
+    monkeypatch.setattr(files, "PARALLEL_BYTES", 0)
+    real, calls = files._chunks, iter(range(10**6))
+
+    def dying(source: files.Source, *, mapped: bool) -> object:
+        if mapped and next(calls) == 5:  # in a worker: the pool breaks
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(source, mapped=mapped)
+
+    monkeypatch.setattr(files, "_chunks", dying)
+    resumed, real_rest = [], files._rest
+    monkeypatch.setattr(files, "_rest", lambda *args: resumed.append(args[1]) or real_rest(*args))
+    settings = {**roots, "LOG_READ_PROCESSES": 2}
+    with override_settings(MAINTENANCE=settings):
+        result = operations.log_statistics(hours=1)
+    expected = reference(paths, stamp(since), distinct=10000, top=20)
+    assert {key: result[key] for key in expected} == expected
+    assert len(resumed) == 1 and resumed[0] > 0  # the pool broke after some parts
