@@ -281,15 +281,17 @@ def _error_keys(order: list[bytes], counts: list[int], is_error: list[bool]) -> 
             return None
         heads, messages = [head for head, _ in pairs], [message for _, message in pairs]
     positions = list(compress(range(len(order)), is_error))
-    first_at = dict(zip(reversed(heads), reversed(positions), strict=True))
     per_head = _weighted(heads, weights)
+    if len(per_head) > 64:  # else each first place is found early: scan for it
+        first_at = dict(zip(reversed(heads), reversed(positions), strict=True))
     entries = []
     for head, count in per_head.items():
         level, _, rest = head.partition(b" ")
         logger = _logger(rest.lstrip(b" ").rpartition(b" [")[0])
         if logger is None:
             return None
-        entries.append((first_at[head], level.decode(), logger, count))
+        at = first_at[head] if len(per_head) > 64 else positions[heads.index(head)]
+        entries.append((at, level.decode(), logger, count))
     return entries, count_masked(messages, weights)
 
 

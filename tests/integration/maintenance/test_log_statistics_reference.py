@@ -230,4 +230,4 @@ def test_a_worker_that_dies_leaves_the_rest_to_this_process(
         result = operations.log_statistics(hours=1)
     expected = reference(paths, stamp(since), distinct=10000, top=20)
     assert {key: result[key] for key in expected} == expected
-    assert len(resumed) == 1 and resumed[0] > 0  # the pool broke after some parts
+    assert len(resumed) == 1  # the pool broke, this process read on
