@@ -189,19 +189,16 @@ def _tally(
     if order and min(order)[:1] <= b"9":  # keys with their timestamps
         order, counts, stamped = _unstamp(order, counts, since, part)
     is_error = list(map(bytes.startswith, order, repeat(ERROR_KEYS)))
-    entries = _other_keys(order, counts, is_error, part)
+    others = _other_keys(order, counts, is_error, part)
     errors = _error_keys(order, counts, is_error)
-    if entries is None or errors is None:
+    if others is None or errors is None:
         return None  # a key ran across lines, or is ambiguous
-    for _, level, logger, count in sorted(entries + errors[0], key=itemgetter(0)):
+    for _, level, logger, count in sorted(others[0] + errors[0], key=itemgetter(0)):
         part.levels[level] = part.levels.get(level, 0) + count
         part.loggers[logger] = part.loggers.get(logger, 0) + count
     part.errors = errors[1]
     stamps = list(held)  # records of the window the chunk counted without their timestamps
-    if stamped:  # and those counted with theirs, unless the key was refused
-        refused = set(range(len(order))).difference(entry[0] for entry in entries)
-        refused.difference_update(compress(range(len(order)), is_error))
-        stamps += [stamp for position, stamp in stamped if position not in refused]
+    stamps += [stamp for position, stamp in stamped if position not in others[1]]  # and with
     if stamps:
         part.first, part.last = min(stamps), max(stamps)
     return part
@@ -247,20 +244,26 @@ def _logger(raw: bytes) -> str | None:
 
 def _other_keys(
     order: list[bytes], counts: list[int], is_error: list[bool], part: Part
-) -> list | None:
-    """(position, level, logger, count) of the keys that are not errors; a key whose level or
-    logger the text reading would refuse counts as unparseable lines."""
-    entries = []
+) -> tuple[list, set[int]] | None:
+    """(first position, level, logger, count) for each level and logger of the keys that are
+    not errors, and the positions of those the text reading would refuse, whose lines count
+    as unparseable."""
+    seen: dict[tuple[bytes, bytes], list | None] = {}
+    refused = set()
     for i in compress(range(len(order)), map(not_, is_error)):
         if b"\n" in order[i]:
             return None
         level, _, rest = order[i].partition(b" ")
-        logger = _logger(rest.lstrip(b" ").rpartition(b" [")[0])
-        if logger is None or level.decode("latin-1") not in LEVELS:
+        raw = rest.lstrip(b" ").rpartition(b" [")[0]
+        if (level, raw) not in seen:  # one check a level and logger, whatever the process
+            logger, name = _logger(raw), level.decode("latin-1")
+            seen[level, raw] = [i, name, logger, 0] if logger and name in LEVELS else None
+        if (entry := seen[level, raw]) is None:
             part.unparseable += counts[i]
+            refused.add(i)
         else:
-            entries.append((i, level.decode(), logger, counts[i]))
-    return entries
+            entry[3] += counts[i]
+    return [tuple(entry) for entry in seen.values() if entry], refused
 
 
 def _error_keys(order: list[bytes], counts: list[int], is_error: list[bool]) -> tuple | None:

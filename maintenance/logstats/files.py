@@ -167,7 +167,7 @@ def _line_start_after(fd: int, offset: int, size: int) -> int:
     """The first line start at or after `offset`, or `size`."""
     position = offset - 1
     while position < size:
-        block = os.pread(fd, 65536, position)
+        block = os.pread(fd, 8192, position)
         found = block.find(b"\n")
         if found >= 0:
             return min(position + found + 1, size)

@@ -161,6 +161,9 @@ def write_logs(
             if rng.random() < 0.02:  # on the window's first millisecond, or just before
                 jitter = since - moment - timedelta(milliseconds=rng.choice([0, 0, 1]))
             lines.append(random_line(rng, moment + jitter, mess))
+        if mess and lines:  # latest of all, out of order, and no record: not the last one
+            refused = f"{stamp(since + timedelta(hours=5))} TRACE    app [1] refused".encode()
+            lines.insert(rng.randrange(len(lines)), refused)
         data = b"\n".join(lines) + (b"\n" if rng.random() < 0.8 else b"")
         path = directory / name
         if name != "app.log" and rng.random() < 0.5:
