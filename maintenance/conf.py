@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "LOG_FILE_NAME": "app.log",
     "LOG_TOP_MESSAGES": 20,
     "LOG_MAX_DISTINCT_MESSAGES": 10000,
+    "LOG_READ_PROCESSES": None,  # processes reading the logs; None: one per core, at most 4
 }
 
 

@@ -7,19 +7,17 @@ two spaces, so a line inside a message can never pass for a record of its own.
 
 import fcntl
 import gzip
-import heapq
 import logging
 import os
 import re
 import shutil
 import stat
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 CONTINUATION = "  "
 LOCK_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
@@ -47,9 +45,13 @@ class LineFormatter(logging.Formatter):
         if record.stack_info:
             text = f"{text}\n{self.formatStack(record.stack_info)}"
         text = text.replace("\r", "\\r").replace("\n", "\n" + CONTINUATION)
-        moment = datetime.fromtimestamp(record.created, tz=UTC)
-        stamp = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        stamp = timestamp(datetime.fromtimestamp(record.created, tz=UTC))
         return f"{stamp} {record.levelname:<8} {record.name} [{record.process}] {text}"
+
+
+def timestamp(moment: datetime) -> str:
+    """A moment (UTC) as the log writes it: `2026-11-28T19:59:20.123Z`."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 class SharedRotatingFileHandler(RotatingFileHandler):
@@ -254,98 +256,8 @@ def log_files(log_dir: Path, base_name: str, *, since: datetime) -> list[Path]:
     return sorted(files, key=files.__getitem__)
 
 
-def log_size(path: Path) -> int:
-    """The size of a log file, or of its .gz once another process compressed it."""
-    for candidate in (path, path.with_name(path.name + ".gz")):
-        try:
-            return candidate.stat().st_size
-        except FileNotFoundError:
-            continue
-    return 0
-
-
-def read_lines(path: Path) -> Iterator[str]:
-    """The lines of a log file, or of its .gz once another process compressed it."""
-    try:
-        handle = _open_log(path)
-    except FileNotFoundError:
-        if path.suffix == ".gz":
-            raise
-        handle = _open_log(path.with_name(path.name + ".gz"))
-    with handle:
-        yield from handle
-
-
-def _open_log(path: Path) -> IO[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    return opener(path, "rt", encoding="utf-8", errors="replace", newline="\n")
-
-
 def mask(message: str) -> str:
     """A message with its numbers and ids masked, so repeats of one error group together."""
     for pattern, replacement in MASKS:
         message = pattern.sub(replacement, message)
     return message
-
-
-class LogSummary:
-    """Streaming counts over log lines; memory bounded by `max_distinct`."""
-
-    def __init__(self, since: datetime, *, max_distinct: int) -> None:
-        self.since = since.strftime("%Y-%m-%dT%H:%M:%S.") + f"{since.microsecond // 1000:03d}Z"
-        self.max_distinct = max_distinct
-        self.levels: Counter = Counter()
-        self.loggers: Counter = Counter()
-        self.errors: Counter = Counter()
-        self.lines = self.records = self.continuation = self.unparseable = self.before = 0
-        self.first: str | None = None
-        self.last: str | None = None
-
-    def feed(self, lines: Iterable[str]) -> None:
-        match = RECORD.fullmatch
-        for raw in lines:
-            self.lines += 1
-            line = raw.rstrip("\n")
-            if line.startswith(CONTINUATION):
-                self.continuation += 1
-                continue
-            found = match(line)
-            if found is None:
-                self.unparseable += 1
-                continue
-            stamp, level, logger, message = found.groups()
-            if stamp < self.since:
-                self.before += 1
-                continue
-            self.records += 1
-            self.levels[level] += 1
-            self._count(self.loggers, logger)
-            if level in ("ERROR", "CRITICAL"):
-                self._count(self.errors, mask(message)[:300])
-            if self.first is None or stamp < self.first:
-                self.first = stamp
-            if self.last is None or stamp > self.last:
-                self.last = stamp
-
-    def _count(self, counter: Counter, key: str) -> None:
-        if key in counter or len(counter) < self.max_distinct:
-            counter[key] += 1
-        else:
-            counter["(other)"] += 1
-
-    def result(self, *, top: int) -> dict[str, Any]:
-        return {
-            "records": self.records,
-            "by_level": {level: self.levels.get(level, 0) for level in LEVELS},
-            "by_logger": dict(heapq.nlargest(50, self.loggers.items(), key=lambda kv: kv[1])),
-            "top_errors": [
-                {"message": message, "count": count}
-                for message, count in heapq.nlargest(top, self.errors.items(), key=lambda kv: kv[1])
-            ],
-            "first_record_at": self.first,
-            "last_record_at": self.last,
-            "lines_read": self.lines,
-            "continuation_lines": self.continuation,
-            "unparseable_lines": self.unparseable,
-            "lines_before_window": self.before,
-        }

@@ -98,6 +98,7 @@ def _state() -> list[tuple[str, PurePosixPath]]:
     """The project's own files and directories outside its code, each with what it is."""
     var = Path(settings.VAR_DIR)
     state = [("the secret key", var / "secret_key"), ("Redis' data", var / "redis"),
+             ("the cleanups' journal", var / "cleanup"),
              ("the static files", getattr(settings, "STATIC_ROOT", None)),
              ("the Python environment", sys.prefix)]  # fmt: skip
     for database in settings.DATABASES.values():

@@ -234,3 +234,17 @@ def test_a_mount_on_the_way_to_old_artifacts_is_not_crossed(
         assert snapshot(sentinel) == before, "files were deleted through the mount"
     assert result["skipped"] == {"mount_point": 1}
     assert result["removals_failed"] == 1
+
+
+def test_runs_far_apart_in_the_key_space_are_all_found(artifacts: Path) -> None:
+    """The table is walked by ranges of keys that widen where keys are sparse."""
+    finished = timezone.now() - timedelta(days=3)
+    keys = [1, 2, 3, 50, 51, 5_000, 5_001, 123_456, 123_457, 2_000_000, 9_000_000]
+    for pk in keys:
+        young = pk % 2 == 0
+        Run.objects.create(pk=pk, name=f"r{pk}", status="succeeded",
+                           finished_at=timezone.now() if young else finished)  # fmt: skip
+    with override_settings(MAINTENANCE={"ARTIFACTS_DIR": artifacts, "CLEANUP_BATCH_SIZE": 2}):
+        result = cleanup_runs(max_age_hours=24)
+    assert sorted(Run.objects.values_list("pk", flat=True)) == [k for k in keys if k % 2 == 0]
+    assert result["runs_deleted"] == len([k for k in keys if k % 2])

@@ -50,6 +50,7 @@ UNSAFE: list[tuple[str, str, Callable[[Path], dict[str, Any]]]] = [
     ("ARTIFACTS_DIR", "root_holds_state", lambda v: configure(v, ARTIFACTS_DIR=v)),
     ("TEMP_DIR", "root_holds_state", lambda v: configure(v, TEMP_DIR=v.parent)),
     ("TEMP_DIR", "root_holds_state", lambda v: configure(v, TEMP_DIR=v / "redis")),
+    ("TEMP_DIR", "root_holds_state", lambda v: configure(v, TEMP_DIR=v / "cleanup")),
     ("TEMP_DIR", "root_system", lambda v: configure(v, TEMP_DIR="/etc")),
     ("ARTIFACTS_DIR", "root_system", lambda v: configure(v, ARTIFACTS_DIR="/usr/share")),
     ("TEMP_DIR", "root_system", lambda v: configure(v, TEMP_DIR="/home")),
