@@ -37,12 +37,14 @@ def log(message: str) -> None:
 
 
 def database_url(workdir: Path) -> str:
-    """A PostgreSQL database of the bench's own when the local server answers, else SQLite."""
+    """A PostgreSQL database of the bench's own when the local server answers, else SQLite.
+    BENCH_DATABASE names it (taskqueue_bench), so that two runs at once keep apart."""
+    name = os.environ.get("BENCH_DATABASE", "taskqueue_bench")
     probe = subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False)
     if probe.returncode == 0 and shutil.which("psql"):
-        for sql in ("DROP DATABASE IF EXISTS taskqueue_bench", "CREATE DATABASE taskqueue_bench"):
+        for sql in (f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"):
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql], check=True)
-        return "postgres://postgres@127.0.0.1:5432/taskqueue_bench"
+        return f"postgres://postgres@127.0.0.1:5432/{name}"
     return f"sqlite:///{workdir / 'bench.sqlite3'}"
 
 
@@ -592,59 +594,99 @@ class Bench:
         }
 
     def operations(self) -> dict:
+        """Each operation in a fresh process, over data made for it; log_statistics several
+        times (it only reads), beside `grep -c` over the same files."""
+        runs = 100_000 if self.quick else 1_000_000
+        files = 100_000 if self.quick else 1_000_000
+        log_bytes = (100 if self.quick else 1024) * 2**20
         log("4. operations at scale: preparing data")
+        self.make_runs(runs)
+        self.make_temp_files(files)
+        write_logs(self.workdir / "log", log_bytes)
+        os.sync()  # what was written is on disk: the operations do not wait for it
+        results = {}
+        for name, kwargs, size, unit, count in (
+            ("cleanup_runs", {"max_age_hours": 24},
+             f"{runs:,} runs ({runs // 10:,} artifact dirs)", "runs/s", runs),
+            ("cleanup_temp_files", {"max_age_hours": 24}, f"{files:,} files", "files/s", files),
+        ):  # fmt: skip
+            log(f"4. operations: {name} over {size}")
+            result = self.operation(name, kwargs)
+            results[name] = {
+                "over": size,
+                "rate": count / result["seconds"],
+                "unit": unit,
+                **result,
+            }
+        results["log_statistics"] = self.log_statistics(log_bytes)
+        results["grep -c (reference)"] = self.grep_logs()
+        return results
+
+    def operation(self, name: str, kwargs: dict) -> dict:
+        out = subprocess.run(
+            [PYTHON, "-m", "bench.op", name, json.dumps(kwargs)],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def log_statistics(self, size: int) -> dict:
+        runs = []
+        for n in range(self.repeats):
+            log(f"4. operations: log_statistics over {size / 2**30:.2f} GiB ({n + 1})")
+            runs.append(self.operation("log_statistics", {"hours": 24}))
+        median = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+        return {
+            "over": f"{size / 2**30:.2f} GiB of logs ({len(list((self.workdir / 'log').iterdir()))} files)",
+            "runs_s": [r["seconds"] for r in runs],
+            "rate": median["bytes_read"] / median["seconds"] / 1e6,
+            "unit": "MB/s",
+            **median,
+        }
+
+    def grep_logs(self) -> dict:
+        """`grep -c` over the same files: how fast they can be read and matched at all."""
+        paths = sorted(str(p) for p in (self.workdir / "log").iterdir())
+        size = sum(os.path.getsize(p) for p in paths)
+        times = []
+        for _ in range(self.repeats):
+            started = time.perf_counter()
+            subprocess.run(["grep", "-c", "-F", " ERROR ", *paths], env={**self.env, "LC_ALL": "C"},
+                           capture_output=True, check=True)  # fmt: skip
+            times.append(time.perf_counter() - started)
+        seconds = statistics.median(times)
+        return {"over": "the same files", "seconds": seconds, "runs_s": [round(t, 3) for t in times],
+                "rate": size / seconds / 1e6, "unit": "MB/s", "peak_rss_mib": None}  # fmt: skip
+
+    def make_runs(self, count: int) -> None:
+        """`count` finished runs three days old, every tenth with an artifact directory."""
         from maintenance.models import Run
 
-        runs = 20_000 if self.quick else 100_000
-        files = 20_000 if self.quick else 100_000
-        log_bytes = (100 if self.quick else 1024) * 2**20
         old = datetime.now(tz=UTC) - timedelta(days=3)
-        artifacts = self.workdir / "artifacts"
-        Run.objects.bulk_create(
-            [
-                Run(
-                    name="bench",
-                    status="succeeded",
-                    created_at=old,
-                    finished_at=old,
-                    artifacts_dir=f"b/{n}" if n % 10 == 0 else "",
-                )
-                for n in range(runs)
-            ],
-            batch_size=5000,
-        )
-        for n in range(0, runs, 10):
-            (artifacts / "b" / str(n)).mkdir(parents=True)
-            (artifacts / "b" / str(n) / "out").write_bytes(b"x" * 512)
-        temp = self.workdir / "tmp"
+        for start in range(0, count, 50_000):
+            Run.objects.bulk_create(
+                [Run(name="bench", status="succeeded", created_at=old, finished_at=old,
+                     artifacts_dir=f"b/{n}" if n % 10 == 0 else "")
+                 for n in range(start, min(count, start + 50_000))],
+                batch_size=5000,
+            )  # fmt: skip
+        for n in range(0, count, 10):
+            (self.workdir / "artifacts" / "b" / str(n)).mkdir(parents=True)
+            (self.workdir / "artifacts" / "b" / str(n) / "out").write_bytes(b"x" * 512)
+
+    def make_temp_files(self, count: int) -> None:
+        """`count` files three days old, in 500 directories."""
         stamp = time.time() - 3 * 86400
-        for n in range(files):
-            path = temp / f"d{n % 500}" / f"f{n}"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"y" * 100)
-            os.utime(path, (stamp, stamp))
-        write_logs(self.workdir / "log", log_bytes)
-        results = {}
-        for name, kwargs, size in (
-            (
-                "cleanup_runs",
-                {"max_age_hours": 24},
-                f"{runs:,} runs ({runs // 10:,} artifact dirs)",
-            ),
-            ("cleanup_temp_files", {"max_age_hours": 24}, f"{files:,} files"),
-            ("log_statistics", {"hours": 24}, f"{log_bytes / 2**30:.2f} GiB of logs"),
-        ):
-            log(f"4. operations: {name} over {size}")
-            out = subprocess.run(
-                [PYTHON, "-m", "bench.op", name, json.dumps(kwargs)],
-                cwd=ROOT,
-                env=self.env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            results[name] = {"over": size, **json.loads(out.stdout.strip().splitlines()[-1])}
-        return results
+        for n in range(500):
+            (self.workdir / "tmp" / f"d{n}").mkdir(parents=True)
+        for n in range(count):
+            fd = os.open(self.workdir / "tmp" / f"d{n % 500}" / f"f{n}", os.O_WRONLY | os.O_CREAT)
+            os.write(fd, b"y" * 100)
+            os.utime(fd, (stamp, stamp))
+            os.close(fd)
 
 
 def write_logs(directory: Path, size: int) -> None:
@@ -714,15 +756,7 @@ def markdown(results: dict) -> str:
                 out.append(
                     f"| {label} | {c} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} |"
                 )
-    out += [
-        "",
-        "### 4. Operations at scale (a fresh process each; peak RSS of that process)",
-        "",
-        "| operation | over | seconds | peak RSS MiB |",
-        "|---|---|---|---|",
-    ]
-    for name, r in results["operations"].items():
-        out.append(f"| {name} | {r['over']} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} |")
+    out += operations_markdown(results["operations"])
     mem = results["memory"]
     out += [
         "",
@@ -749,6 +783,26 @@ def markdown(results: dict) -> str:
     if "django_tasks" in results:
         out += django_tasks_markdown(results["django_tasks"])
     return "\n".join(out)
+
+
+def operations_markdown(ops: dict) -> list[str]:
+    out = [
+        "",
+        "### 4. Operations at scale (a fresh process each; peak RSS of that process, and of its "
+        "largest worker process)",
+        "",
+        "| operation | over | seconds | rate | peak RSS MiB |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in ops.items():
+        rate = f"{r['rate']:,.0f} {r['unit']}" if "rate" in r else "—"
+        rss = "—" if r["peak_rss_mib"] is None else f"{r['peak_rss_mib']:.0f}"
+        if r.get("workers_peak_rss_mib"):
+            rss += f" (workers {r['workers_peak_rss_mib']:.0f})"
+        runs = f" (runs: {', '.join(f'{t:.2f}' for t in r['runs_s'])})" if "runs_s" in r else ""
+        seconds = f"{r['seconds']:.1f}" if r["seconds"] >= 10 else f"{r['seconds']:.2f}"
+        out.append(f"| {name} | {r['over']} | {seconds}{runs} | {rate} | {rss} |")
+    return out
 
 
 def django_tasks_markdown(dt: dict) -> list[str]:
