@@ -2,17 +2,18 @@
 reading it line by line counts it (`LogSummary.feed`).
 
 One pattern, built for the chunk, gives every line one short key in one C-level `findall`:
-`b"  "` for a continuation line, `b"INFO     app.orders"` (level and logger) for a record
-in the window, the whole `ERROR    app [pid] message` for an error, one digit for a record
-before the window, `b""` for anything else. A timestamp is compared with bytes, by the
-pattern: a record counts as one in the window without its timestamp when that lies between
-two records of the chunk found first, the earliest near its start and the latest near its
-end, which are then the chunk's first and last; a record in the window outside them (out of
-order by more than a few lines) keeps its timestamp in its key. Counting the keys (`Counter`,
-in C) leaves the distinct keys to check one by one: levels, loggers and messages are decoded
-there only, and a level or logger the text reading would refuse makes unparseable lines.
-What this cannot vouch for (a key running across lines, lines that might be records to the
-Unicode reading of `\\d` and `\\S` only) sends the chunk through `LogSummary.feed` instead.
+`b"  "` for a continuation line, `b"INFO     app.orders [42] "` (level, logger and process
+id) for a record in the window, the same and the message for an error, one digit for a
+record before the window, `b""` for anything else. A timestamp is compared with bytes, by
+the pattern: a record counts as one in the window without its timestamp when that lies
+between two records found first near the start and the end of its file (or chunk), the
+earliest and the latest there, which are then the first and last; a record of the window
+outside them (out of order by more than a few lines) keeps its timestamp in its key.
+Counting the keys (`Counter`, in C) leaves the distinct keys to check one by one: levels,
+loggers and messages are decoded there only, and a level or logger the text reading would
+refuse makes unparseable lines. What this cannot vouch for (a key running across lines,
+lines that might be records to the Unicode reading of `\\d` and `\\S` only) sends the chunk
+through `LogSummary.feed` instead.
 """
 
 import re
@@ -32,7 +33,6 @@ STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", re.ASCII)
 # The record's head as logs.RECORD reads it, with a logger of ASCII non-space characters
 # (the bytes both readings agree on).
 HEAD = r"(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) +[\x00-\x08\x0e-\x1b\x21-\x7f]+ \[[0-9]+\] "
-LOOSE_HEAD = r"[^ \n]++ ++[^ \n]++ \[[0-9]++\] "
 ERROR_KEYS = (b"ERROR ", b"CRITICAL ")
 BEFORE_KEYS = [bytes([d]) for d in b"0123456789"]
 ERROR_KEY = re.compile(rb"^([^ \n]++ ++[^ \n]++ \[[0-9]++)\] ([^\n]*+)$", re.MULTILINE)
