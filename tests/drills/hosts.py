@@ -17,8 +17,6 @@ everything, in reverse order, at exit, on SIGINT/SIGTERM, or when the drill fail
 """
 
 import atexit
-import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -26,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
+from tests.helpers import stop_process_group
 
 PREFIX = "tqdrill-"
 SUBNET = "10.77"
@@ -68,24 +66,10 @@ class Cleanup:
 
 
 def kill_tree(process: subprocess.Popen, timeout: float = 10) -> None:
-    """SIGTERM the process group, then SIGKILL it and every descendant (RQ's work horses
-    run in process groups of their own)."""
-    if process.poll() is not None:
-        return
-    try:
-        descendants = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    for child in descendants:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            child.kill()
-    process.wait()
+    """SIGTERM the process group, then SIGKILL it and every descendant (the suite's
+    `stop_process_group`), unless it has already exited."""
+    if process.poll() is None:
+        stop_process_group(process, timeout)
 
 
 @dataclass
