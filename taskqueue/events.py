@@ -100,6 +100,15 @@ def send_held(pipeline: Any) -> None:
         _held.clear()
 
 
+def take_held() -> list[tuple[str, str]]:
+    """The events kept so far, as (channel, message) pairs, for the caller to publish."""
+    if not _held:
+        return []
+    taken = list(_held)
+    _held.clear()
+    return taken
+
+
 def _send(events: list[tuple[str, str]], pipeline: Any) -> None:
     for name, message in events:
         pipeline.publish(name, message)

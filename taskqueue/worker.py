@@ -37,7 +37,6 @@ from typing import Any
 from django.db import DatabaseError, IntegrityError, connections, transaction
 from redis.commands.core import Script
 from rq.command import parse_payload
-from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.utils import as_text, get_version
@@ -46,6 +45,7 @@ from rq.worker import Worker as RQWorker
 from rq.worker import WorkerStatus
 
 from taskqueue import backend, events
+from taskqueue.backend import bookkeeping
 from taskqueue.conf import conf
 from taskqueue.execution import (
     COMPLETED,
@@ -156,6 +156,7 @@ class Worker(RQWorker):
     _presence_checked = 0.0
     _beaten_at = 0.0
     _suspension_checked = 0.0
+    _registry_keys: dict[str, bookkeeping.Keys]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("job_monitoring_interval", conf.JOB_MONITORING_INTERVAL)
@@ -164,6 +165,7 @@ class Worker(RQWorker):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._wake_lock = threading.Lock()
+        self._registry_keys = {}
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         warm_up()
@@ -326,26 +328,21 @@ class Worker(RQWorker):
 
     def _mark_started(self, job: Job, queue: Queue) -> None:
         """RQ's bookkeeping of a started job (its prepare_execution, then what its horse
-        does in prepare_job_execution) and the lease's event: one round trip to Redis."""
-        ttl = self.get_heartbeat_ttl(job)
+        does in prepare_job_execution) and the lease's event: one script call."""
+        intermediate = queue.intermediate_queue_key if len(self.queues) == 1 else ""  # RQ's rule
         try:
-            with self.connection.pipeline() as pipeline:
-                self.execution = Execution.create(
-                    job, ttl, pipeline=pipeline, worker_name=self.name
-                )
-                super().set_state(WorkerStatus.BUSY, pipeline=pipeline)
-                self.set_current_job_id(job.id, pipeline=pipeline)
-                self.set_current_job_working_time(0, pipeline=pipeline)
-                super().heartbeat(ttl, pipeline=pipeline)
-                job.heartbeat(rq_now(), ttl, pipeline=pipeline)
-                job.prepare_for_execution(self.name, pipeline=pipeline)
-                if len(self.queues) == 1:  # RQ's rule (perform_job)
-                    pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
-                events.send_held(pipeline)
-                pipeline.execute()
+            self.execution = bookkeeping.start(
+                self, job, keys=self._keys(queue), ttl=self.get_heartbeat_ttl(job),
+                intermediate=intermediate, events=events.take_held(),
+            )  # fmt: skip
             self._beaten_at = time.monotonic()
         except backend.RedisError as exc:  # the row is the truth: run it all the same
             self.log.warning("Worker %s: could not mark job %s started: %s", self.name, job.id, exc)
+
+    def _keys(self, queue: Queue) -> bookkeeping.Keys:
+        if queue.name not in self._registry_keys:
+            self._registry_keys[queue.name] = bookkeeping.Keys.of(queue.name, self.connection)
+        return self._registry_keys[queue.name]
 
     def _execute_attempt(self, attempt: Attempt) -> None:
         job, queue = attempt.job, attempt.queue
@@ -501,32 +498,21 @@ class Worker(RQWorker):
         job.ended_at = rq_now()
         job._result = result
         try:
-            self._finish_job(job)
+            self._finish_job(job, queue)
         except Exception as exc:  # Redis away: the row is the truth; the reconciler reads it
             self.log.warning("Worker %s: could not finish job %s: %s", self.name, job.id, exc)
 
-    def _finish_job(self, job: Job) -> None:
-        """RQ's handle_job_success in one round trip: our jobs have no dependents and do
+    def _finish_job(self, job: Job, queue: Queue) -> None:
+        """RQ's handle_job_success in one script call: our jobs have no dependents and do
         not repeat, so RQ's WATCH of the dependents and their look-up are not needed."""
         result_ttl = job.get_result_ttl(self.default_result_ttl)
-        execution = self.execution
-        with self.connection.pipeline() as pipeline:
-            self.increment_successful_job_count(pipeline=pipeline)
-            self.increment_total_working_time(job.ended_at - job.started_at, pipeline)
-            if result_ttl != 0:
-                job._handle_success(
-                    result_ttl,
-                    pipeline=pipeline,
-                    worker_name=self.name,
-                    execution_id=execution.id if execution else None,
-                    execution_started_at=execution.created_at if execution else None,
-                    execution_ended_at=job.ended_at,
-                )
-            job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
-            self.cleanup_execution(job, pipeline=pipeline)
-            super().set_state(WorkerStatus.IDLE, pipeline=pipeline)
-            events.send_held(pipeline)
-            pipeline.execute()
+        if result_ttl == 0:  # results not kept: RQ deletes the job, its own way
+            super().handle_job_success(job, queue, queue.started_job_registry)
+            return
+        bookkeeping.finish(
+            self, job, keys=self._keys(queue), result_ttl=result_ttl, result=job._result,
+            execution=self.execution, events=events.take_held(),
+        )  # fmt: skip
         self.log.info(
             "Successfully completed %s job in %ss on worker %s",
             job.description,

@@ -1,0 +1,160 @@
+"""RQ's bookkeeping of a job the worker starts and ends, each in one script call.
+
+RQ's worker writes 15 to 20 commands when a job starts (its execution, the started
+registry, the worker's and the job's hashes) and as many when it ends (the result, the
+finished registry, the job's expiry, the execution's removal), each built by its own
+objects and queued in a MULTI/EXEC pipeline, the job's whole hash rewritten and its data
+recompressed on the way. That was more of the worker's CPU than anything else it does for
+a task (docs/performance.md). Here the values are computed once in Python and the writes
+are made by a script: the same keys, fields, scores and expiries RQ writes (rq 2.12, as
+tests/integration/test_bookkeeping.py checks against RQ's own code), atomic as MULTI/EXEC
+is, in one command with a dozen arguments.
+
+Two differences, both on purpose: the job's hash is updated in the fields that changed
+(status, ended_at) instead of rewritten whole, and not at all when it no longer exists (a
+job deleted while it ran, by the reconciler or a cancel, is not brought back, which RQ's
+whole-hash save did: its finished entry and result are not written either).
+"""
+
+from base64 import b64encode
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+from redis.commands.core import Script
+from rq.executions import Execution, ExecutionRegistry
+from rq.job import Job, JobStatus
+from rq.registry import FinishedJobRegistry, StartedJobRegistry
+from rq.results import Result
+from rq.utils import now, utcformat
+from rq.worker import WorkerStatus
+
+# KEYS: the execution's hash, the job's executions, the started registry, the worker's
+# hash, the job's hash, the intermediate queue (or "" when the worker uses none).
+# ARGV: the execution id, now (Unix seconds), now (RQ's ISO form), the worker's name, the
+# heartbeat TTL, the executions' score, the started registry's score and member, the job id,
+# then (channel, message) pairs to publish.
+START = """
+local ttl = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'created_at', ARGV[2], 'last_heartbeat', ARGV[2],
+           'worker_name', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ttl + 60)
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[8])
+redis.call('HSET', KEYS[4], 'state', 'busy', 'current_job', ARGV[9],
+           'current_job_working_time', '0', 'last_heartbeat', ARGV[3])
+redis.call('EXPIRE', KEYS[4], ttl)
+redis.call('HSET', KEYS[5], 'last_heartbeat', ARGV[3], 'status', 'started',
+           'started_at', ARGV[3], 'worker_name', ARGV[4])
+if KEYS[6] ~= '' then redis.call('LREM', KEYS[6], 1, ARGV[9]) end
+for i = 10, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# KEYS: the worker's hash, the job's hash, the job's results, the finished registry, the
+# execution's hash, the started registry, the job's executions, the job's dependents and
+# its dependencies (as RQ names them).
+# ARGV: the working time (seconds), ended_at (ISO), the result TTL, the finished score, the
+# worker's name, the result (RQ's serialized form), the execution id, its start and end
+# (Unix seconds), the started registry's member, the job id, then (channel, message) pairs.
+FINISH = """
+redis.call('HINCRBY', KEYS[1], 'successful_job_count', 1)
+redis.call('HINCRBYFLOAT', KEYS[1], 'total_working_time', ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local ttl = tonumber(ARGV[3])
+  redis.call('HSET', KEYS[2], 'status', 'finished', 'ended_at', ARGV[2])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '10', '*', 'type', '1', 'worker_name', ARGV[5],
+             'return_value', ARGV[6], 'execution_id', ARGV[7],
+             'execution_started_at', ARGV[8], 'execution_ended_at', ARGV[9])
+  if ttl > 0 then
+    redis.call('EXPIRE', KEYS[3], ttl)
+    redis.call('ZADD', KEYS[4], ARGV[4], ARGV[11])
+    redis.call('EXPIRE', KEYS[2], ttl)
+    redis.call('EXPIRE', KEYS[8], ttl)
+    redis.call('EXPIRE', KEYS[9], ttl)
+  elseif ttl < 0 then
+    redis.call('PERSIST', KEYS[3])
+    redis.call('ZADD', KEYS[4], '+inf', ARGV[11])
+  end
+end
+redis.call('HDEL', KEYS[1], 'current_job')
+redis.call('DEL', KEYS[5])
+redis.call('ZREM', KEYS[6], ARGV[10])
+redis.call('ZREM', KEYS[7], ARGV[7])
+redis.call('HSET', KEYS[1], 'state', 'idle')
+for i = 12, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+_start = Script(None, START.encode())  # EVALSHA, loading it into a Redis that lacks it
+_finish = Script(None, FINISH.encode())
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The registries' keys of a queue, named once (RQ builds an object for each)."""
+
+    started: str
+    finished: str
+
+    @classmethod
+    def of(cls, queue_name: str, connection: Any) -> "Keys":
+        return cls(
+            StartedJobRegistry(queue_name, connection=connection).key,
+            FinishedJobRegistry(queue_name, connection=connection).key,
+        )
+
+
+def start(
+    worker: Any, job: Job, *, keys: Keys, ttl: int, intermediate: str, events: list
+) -> Execution:
+    """RQ's start of `job` on `worker` (its prepare_execution and prepare_job_execution),
+    the job's and worker's objects updated as RQ's would be, and `events` ((channel,
+    message) pairs) published; the new execution."""
+    moment = now()
+    execution = Execution(uuid4().hex, job.id, worker.connection, worker_name=worker.name)
+    execution.created_at = execution.last_heartbeat = moment
+    stamp, iso, whole = moment.timestamp(), utcformat(moment), int(moment.timestamp())
+    job.worker_name, job.last_heartbeat, job.started_at = worker.name, moment, moment
+    job._status = JobStatus.STARTED
+    worker._state, worker.last_heartbeat = WorkerStatus.BUSY, moment
+    worker.current_job_working_time = 0
+    _start(
+        keys=[execution.key, _executions_key(job), keys.started, worker.key, job.key,
+              intermediate],
+        args=[execution.id, stamp, iso, worker.name, ttl, whole + ttl + 60, whole + ttl,
+              execution.composite_key, job.id, *_flat(events)],
+        client=worker.connection,
+    )  # fmt: skip
+    return execution
+
+
+def finish(
+    worker: Any, job: Job, *, keys: Keys, result_ttl: int, result: Any,
+    execution: Execution | None, events: list,
+) -> None:  # fmt: skip
+    """RQ's end of a job that succeeded (its handle_job_success, for a job without
+    dependents that does not repeat, kept for `result_ttl` seconds, -1 for ever: not 0),
+    `job.ended_at` set by the caller."""
+    ended = job.ended_at
+    value = b64encode(job.serializer.dumps(result)).decode()
+    started = execution.created_at.timestamp() if execution else ""
+    _finish(
+        keys=[worker.key, job.key, Result.get_key(job.id), keys.finished,
+              execution.key if execution else "", keys.started, _executions_key(job),
+              job.dependents_key, job.dependencies_key],
+        args=[(ended - job.started_at).total_seconds(), utcformat(ended), result_ttl,
+              int(ended.timestamp()) + result_ttl, worker.name, value,
+              execution.id if execution else "", started, ended.timestamp(),
+              execution.composite_key if execution else "", job.id, *_flat(events)],
+        client=worker.connection,
+    )  # fmt: skip
+    worker._state, worker.execution = WorkerStatus.IDLE, None
+
+
+def _executions_key(job: Job) -> str:
+    return ExecutionRegistry.key_template.format(job.id)
+
+
+def _flat(pairs: list[tuple[str, str]]) -> list[str]:
+    return [word for pair in pairs for word in pair]
