@@ -10,6 +10,7 @@ from django.test import override_settings
 from rq.job import Job
 
 from taskqueue import backend
+from taskqueue.conf import conf
 from taskqueue.models import Task
 from taskqueue.services import cancel_task, enqueue_task, retry_task
 
@@ -237,6 +238,16 @@ def test_the_horse_is_replaced_after_its_quota_of_tasks(run_worker) -> None:
         run_worker()
     first, second, third = (result["pid"] for result in _results(tasks))
     assert first == second != third
+
+
+def test_the_horse_is_replaced_above_its_memory_limit(run_worker) -> None:
+    """Each horse's RSS (a copy of the worker's, over 1 MiB) is over the limit once it has
+    run a task: every task runs in a new one. Under the default limit, all in the first."""
+    for limit, expected in ((1, 3), (conf.HORSE_MAX_RSS_MB, 1)):
+        tasks = [enqueue_task("diagnostic", {"action": "succeed"})[0] for _ in range(3)]
+        with override_settings(TASKQUEUE={**settings.TASKQUEUE, "HORSE_MAX_RSS_MB": limit}):
+            run_worker()
+        assert len({result["pid"] for result in _results(tasks)}) == expected, limit
 
 
 def test_a_result_larger_than_a_pipe_holds_is_recorded(run_worker) -> None:
