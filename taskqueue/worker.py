@@ -35,7 +35,6 @@ from functools import cache
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, connections, transaction
-from redis.commands.core import Script
 from rq.command import parse_payload
 from rq.job import Job
 from rq.queue import Queue
@@ -72,26 +71,9 @@ HEARTBEAT_SPACING = 1.0
 SUSPENSION_CHECK_SECONDS = 1.0
 
 
-# Pop the first job id of the first non-empty queue (into its intermediate list, as RQ does
-# when a worker listens on one queue) and read the job's hash: RQ's dequeue in one round
-# trip instead of two. ARGV: the job key prefix, "1" to move into the intermediate list.
-POP_JOB = """
-for _, key in ipairs(KEYS) do
-  local id
-  if ARGV[2] == '1' then
-    id = redis.call('LMOVE', key, key .. ':intermediate', 'LEFT', 'RIGHT')
-  else
-    id = redis.call('LPOP', key)
-  end
-  if id then return {key, id, redis.call('HGETALL', ARGV[1] .. id)} end
-end
-return false
-"""
-_pop_job = Script(None, POP_JOB.encode())  # EVALSHA, loading it into a Redis that lacks it
-
-
 class OneTripDequeue:
-    """A queue class whose dequeue_any takes a waiting job in one round trip.
+    """A queue class whose dequeue_any takes a waiting job in one round trip (the pop and
+    the read of the job's hash, bookkeeping.take).
 
     Only when no queue has a job does it fall back to RQ's blocking wait (BLPOP or BLMOVE,
     then a fetch of the job).
@@ -102,12 +84,9 @@ class OneTripDequeue:
                     job_class: Any = None, serializer: Any = None,
                     death_penalty_class: Any = None) -> Any:  # fmt: skip
         queues = list(queues)
-        job_cls = job_class or Job
-        keys = [queue.key for queue in queues]
-        intermediate = len(keys) == 1 and get_version(connection) >= (6, 2, 0)  # RQ's rule
+        taking = _taking(queues, job_class or Job, connection)
         while True:
-            prefix = job_cls.redis_job_namespace_prefix
-            found = _pop_job(keys, [prefix, "1" if intermediate else "0"], client=connection)
+            found = bookkeeping.take(connection, taking)
             if not found:
                 return super().dequeue_any(
                     queues,
@@ -117,15 +96,36 @@ class OneTripDequeue:
                     serializer=serializer,
                     death_penalty_class=death_penalty_class,
                 )
-            queue_key, job_id, fields = (as_text(found[0]), as_text(found[1]), found[2])
-            if not fields:
-                continue  # a job deleted while it waited: RQ skips it too
-            queue = cls.from_queue_key(queue_key, connection=connection, job_class=job_cls,
-                                       serializer=serializer,
-                                       death_penalty_class=death_penalty_class)  # fmt: skip
-            job = job_cls(job_id, connection=connection, serializer=serializer)
-            job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
-            return job, queue
+            taken = cls.taken(found, connection=connection, job_class=job_class,
+                              serializer=serializer,
+                              death_penalty_class=death_penalty_class)  # fmt: skip
+            if taken is not None:
+                return taken
+            # else a job deleted while it waited: RQ skips it too
+
+    @classmethod
+    def taken(cls, found: list, *, connection: Any, job_class: Any = None,
+              serializer: Any = None, death_penalty_class: Any = None) -> Any:  # fmt: skip
+        """(job, queue) of a job bookkeeping took, or None if its hash was gone."""
+        queue_key, job_id, fields = (as_text(found[0]), as_text(found[1]), found[2])
+        if not fields:
+            return None
+        job_cls = job_class or Job
+        queue = cls.from_queue_key(queue_key, connection=connection, job_class=job_cls,
+                                   serializer=serializer,
+                                   death_penalty_class=death_penalty_class)  # fmt: skip
+        job = job_cls(job_id, connection=connection, serializer=serializer)
+        job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
+        return job, queue
+
+
+def _taking(queues: list[Queue], job_class: type[Job], connection: Any) -> bookkeeping.Taking:
+    intermediate = len(queues) == 1 and get_version(connection) >= (6, 2, 0)  # RQ's rule
+    return bookkeeping.Taking(
+        tuple(queue.key for queue in queues),
+        job_class.redis_job_namespace_prefix,
+        "1" if intermediate else "0",
+    )
 
 
 @cache
@@ -157,6 +157,8 @@ class Worker(RQWorker):
     _beaten_at = 0.0
     _suspension_checked = 0.0
     _registry_keys: dict[str, bookkeeping.Keys]
+    _taken: tuple[Job, Queue] | None = None  # the next job, taken with the end of the last
+    _takes_next = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("job_monitoring_interval", conf.JOB_MONITORING_INTERVAL)
@@ -169,10 +171,40 @@ class Worker(RQWorker):
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         warm_up()
+        self._takes_next = kwargs.get("max_jobs") is None  # RQ counts jobs in its loop
         try:
             return super().work(*args, **kwargs)
         finally:
+            self._give_back()
             self._retire_horse()
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None
+                                     ) -> tuple[Job, Queue] | None:  # fmt: skip
+        """The job taken with the end of the last one, if any; else RQ's dequeue."""
+        taken, self._taken = self._taken, None
+        if taken is None:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        job, queue = taken
+        job.redis_server_version = self.get_redis_server_version()
+        self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
+        self.heartbeat()
+        return taken
+
+    def _give_back(self) -> None:
+        """Put a job taken with the end of the last one, but not run (the worker is
+        stopping), back at the head of its queue. If this worker dies first, the reconciler
+        dispatches the task again (backend.job_states: a queued job in no queue)."""
+        taken, self._taken = self._taken, None
+        if taken is None:
+            return
+        job, queue = taken
+        try:
+            with self.connection.pipeline() as pipeline:
+                pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+                pipeline.lpush(queue.key, job.id)
+                pipeline.execute()
+        except backend.RedisError as exc:
+            self.log.warning("Worker %s: could not give job %s back: %s", self.name, job.id, exc)
 
     @property
     def dequeue_timeout(self) -> int:
@@ -503,16 +535,24 @@ class Worker(RQWorker):
             self.log.warning("Worker %s: could not finish job %s: %s", self.name, job.id, exc)
 
     def _finish_job(self, job: Job, queue: Queue) -> None:
-        """RQ's handle_job_success in one script call: our jobs have no dependents and do
-        not repeat, so RQ's WATCH of the dependents and their look-up are not needed."""
+        """RQ's handle_job_success in one script call (our jobs have no dependents and do
+        not repeat, so RQ's WATCH of the dependents and their look-up are not needed),
+        taking the next job in the same call unless the worker is stopping."""
         result_ttl = job.get_result_ttl(self.default_result_ttl)
         if result_ttl == 0:  # results not kept: RQ deletes the job, its own way
             super().handle_job_success(job, queue, queue.started_job_registry)
             return
-        bookkeeping.finish(
+        take = self._takes_next and not (self._stop_requested or self._cold)
+        found = bookkeeping.finish(
             self, job, keys=self._keys(queue), result_ttl=result_ttl, result=job._result,
             execution=self.execution, events=events.take_held(),
+            take=_taking(self._ordered_queues, self.job_class, self.connection) if take else None,
         )  # fmt: skip
+        if found:
+            self._taken = self.queue_class.taken(
+                found, connection=self.connection, job_class=self.job_class,
+                serializer=self.serializer, death_penalty_class=self.death_penalty_class,
+            )  # fmt: skip
         self.log.info(
             "Successfully completed %s job in %ss on worker %s",
             job.description,

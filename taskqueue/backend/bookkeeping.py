@@ -29,6 +29,24 @@ from rq.results import Result
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
+# Take the first job of the first queue that has one (KEYS from `first` on), moved into
+# its intermediate list when `intermediate` is '1' (as RQ does for a worker of one queue),
+# with the job's hash: RQ's dequeue (a pop, then a read of the job) in one step.
+TAKE = """
+local function take(first, prefix, intermediate)
+  for k = first, #KEYS do
+    local id
+    if intermediate == '1' then
+      id = redis.call('LMOVE', KEYS[k], KEYS[k] .. ':intermediate', 'LEFT', 'RIGHT')
+    else
+      id = redis.call('LPOP', KEYS[k])
+    end
+    if id then return {KEYS[k], id, redis.call('HGETALL', prefix .. id)} end
+  end
+  return false
+end
+"""
+
 # KEYS: the execution's hash, the job's executions, the started registry, the worker's
 # hash, the job's hash, the intermediate queue (or "" when the worker uses none).
 # ARGV: the execution id, now (Unix seconds), now (RQ's ISO form), the worker's name, the
@@ -54,11 +72,14 @@ return 1
 
 # KEYS: the worker's hash, the job's hash, the job's results, the finished registry, the
 # execution's hash, the started registry, the job's executions, the job's dependents and
-# its dependencies (as RQ names them).
+# its dependencies (as RQ names them), then the queues to take the next job from.
 # ARGV: the working time (seconds), ended_at (ISO), the result TTL, the finished score, the
 # worker's name, the result (RQ's serialized form), the execution id, its start and end
-# (Unix seconds), the started registry's member, the job id, then (channel, message) pairs.
-FINISH = """
+# (Unix seconds), the started registry's member, the job id, the job key prefix ("" to
+# take no job) and the intermediate flag (see TAKE), then (channel, message) pairs.
+FINISH = (
+    TAKE
+    + """
 redis.call('HINCRBY', KEYS[1], 'successful_job_count', 1)
 redis.call('HINCRBYFLOAT', KEYS[1], 'total_working_time', ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -83,11 +104,15 @@ redis.call('DEL', KEYS[5])
 redis.call('ZREM', KEYS[6], ARGV[10])
 redis.call('ZREM', KEYS[7], ARGV[7])
 redis.call('HSET', KEYS[1], 'state', 'idle')
-for i = 12, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
-return 1
+for i = 14, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+if ARGV[12] ~= '' then return take(10, ARGV[12], ARGV[13]) end
+return false
 """
+)
+POP = TAKE + "return take(1, ARGV[1], ARGV[2])"
 _start = Script(None, START.encode())  # EVALSHA, loading it into a Redis that lacks it
 _finish = Script(None, FINISH.encode())
+_pop = Script(None, POP.encode())
 
 
 @dataclass(frozen=True)
@@ -103,6 +128,22 @@ class Keys:
             StartedJobRegistry(queue_name, connection=connection).key,
             FinishedJobRegistry(queue_name, connection=connection).key,
         )
+
+
+@dataclass(frozen=True)
+class Taking:
+    """Where the next job is taken from: the queues' keys in order, the job key prefix and
+    whether it goes into the queue's intermediate list ("1") or not ("0")."""
+
+    queues: tuple[str, ...]
+    prefix: str
+    intermediate: str
+
+
+def take(connection: Any, taking: Taking) -> list | None:
+    """The next job taken (see `finish`), or None when every queue is empty."""
+    return _pop(keys=list(taking.queues), args=[taking.prefix, taking.intermediate],
+                client=connection) or None  # fmt: skip
 
 
 def start(
@@ -131,25 +172,29 @@ def start(
 
 def finish(
     worker: Any, job: Job, *, keys: Keys, result_ttl: int, result: Any,
-    execution: Execution | None, events: list,
-) -> None:  # fmt: skip
+    execution: Execution | None, events: list, take: Taking | None = None,
+) -> list | None:  # fmt: skip
     """RQ's end of a job that succeeded (its handle_job_success, for a job without
     dependents that does not repeat, kept for `result_ttl` seconds, -1 for ever: not 0),
-    `job.ended_at` set by the caller."""
+    `job.ended_at` set by the caller; with `take`, the next job taken in the same step
+    ([queue key, job id, the job's hash as a flat list], or None if there was none)."""
     ended = job.ended_at
     value = b64encode(job.serializer.dumps(result)).decode()
     started = execution.created_at.timestamp() if execution else ""
-    _finish(
+    taken = _finish(
         keys=[worker.key, job.key, Result.get_key(job.id), keys.finished,
               execution.key if execution else "", keys.started, _executions_key(job),
-              job.dependents_key, job.dependencies_key],
+              job.dependents_key, job.dependencies_key, *(take.queues if take else ())],
         args=[(ended - job.started_at).total_seconds(), utcformat(ended), result_ttl,
               int(ended.timestamp()) + result_ttl, worker.name, value,
               execution.id if execution else "", started, ended.timestamp(),
-              execution.composite_key if execution else "", job.id, *_flat(events)],
+              execution.composite_key if execution else "", job.id,
+              take.prefix if take else "", take.intermediate if take else "0",
+              *_flat(events)],
         client=worker.connection,
     )  # fmt: skip
     worker._state, worker.execution = WorkerStatus.IDLE, None
+    return taken or None
 
 
 def _executions_key(job: Job) -> str:

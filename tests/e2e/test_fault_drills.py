@@ -128,6 +128,61 @@ def test_a_warm_shutdown_lets_the_running_task_finish(worker_process):
     assert status_of(task) == "completed"
 
 
+def _stop_in_a_stream(worker_process, how: str, tasks: int = 120) -> list[Task]:
+    """Start a worker on a stream of short tasks and stop it (`how`: SIGTERM or SIGKILL)
+    after a random number of them, at a random moment: when the worker ends a task it
+    takes the next job in the same step (bookkeeping.finish), so it is often holding one
+    it has not leased yet."""
+    uncapped = {**settings.TASKQUEUE, "MAX_ACTIVE_PER_TYPE": 10_000}
+    with override_settings(TASKQUEUE=uncapped):
+        stream = [enqueue_task("ping")[0] for _ in range(tasks)]
+    ids = [task.pk for task in stream]
+    worker = worker_process(**FAST)
+    goal = random.randint(3, tasks // 2)
+    wait_for(lambda: Task.objects.filter(pk__in=ids, status="completed").count() >= goal)
+    time.sleep(random.uniform(0, 0.02))
+    if how == "SIGTERM":
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    else:
+        worker.kill()  # its horse dies with it (PR_SET_PDEATHSIG)
+        worker.wait(30)
+    return list(Task.objects.filter(pk__in=ids))
+
+
+def test_a_warm_shutdown_in_a_stream_gives_back_the_job_it_took(worker_process):
+    """After each warm shutdown every task not run is queued with its job in its queue
+    (none is held by the stopped worker: a job taken with the end of the last task is put
+    back), and a new worker runs them all, once each."""
+    from taskqueue import backend
+
+    for _ in range(4):
+        left = [t for t in _stop_in_a_stream(worker_process, "SIGTERM") if t.status != "completed"]
+        assert all(t.status == "queued" for t in left), [(t.pk, t.status) for t in left]
+        states = backend.job_states([t.job_id for t in left])
+        lost = [t.pk for t in left if states[t.job_id].status != "queued"]
+        assert not lost, f"tasks whose job is in no queue after a warm shutdown: {lost}"
+    worker_process(**FAST)
+    wait_for(lambda: not Task.objects.exclude(status="completed").exists(), timeout=60)
+    assert set(Task.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_a_sigkill_in_a_stream_loses_no_task(worker_process):
+    """A worker SIGKILLed while it holds a job it took but has not leased: the task is
+    queued with its job in no queue; the reconciler dispatches it again and a new worker
+    runs it. Every task ends; none runs twice; only the one that was running can fail."""
+    for _ in range(4):
+        _stop_in_a_stream(worker_process, "SIGKILL")
+        reconcile_until(lambda: not Task.objects.filter(status="leased").exists())
+        with NO_GRACE:
+            reconcile_tasks()  # the tasks whose job the killed worker held
+    worker_process(**FAST)
+    wait_for(lambda: not Task.objects.filter(status__in=["queued", "leased"]).exists(), 60)
+    failed = list(Task.objects.exclude(status="completed").values_list("error_code", flat=True))
+    assert set(failed) <= {"worker_lost", "redis_lost"} and len(failed) <= 4, failed
+    assert set(Task.objects.values_list("attempts", flat=True)) == {1}
+
+
 def test_a_redis_restart_without_persistence_loses_no_task(worker_process, private_redis):
     private_redis.start()
     markers = [f"restart-{os.getpid()}-{n}" for n in range(20)]
