@@ -163,10 +163,17 @@ def scan_chunk(lines: Lines, since: str, cap: int, bounds: Bounds | None = None)
     part = None
     if STAMP.fullmatch(since):
         bounds = bounds or chunk_bounds(lines, since)
-        pattern = classifier(since, bounds.first, bounds.last)
-        keys = Counter(pattern.findall(lines.buffer, lines.begin, lines.end))
-        part = _tally(keys, lines.is_ascii, bounds.held, since)
+        keys = line_keys(lines, since, bounds)
+        part = None if keys is None else _tally(keys, lines.is_ascii, bounds.held, since)
     return part if part is not None else slow_scan(lines, since, cap)
+
+
+def line_keys(lines: Lines, since: str, bounds: Bounds) -> dict[bytes, int] | None:
+    """The lines' keys counted, in the order of their first appearance; None when a key runs
+    across lines."""
+    pattern = classifier(since, bounds.first, bounds.last)
+    keys = Counter(pattern.findall(lines.buffer, lines.begin, lines.end))
+    return None if b"\n" in b"".join(keys) else keys
 
 
 def slow_scan(lines: Lines, since: str, cap: int) -> Part | None:
@@ -177,7 +184,7 @@ def slow_scan(lines: Lines, since: str, cap: int) -> Part | None:
 
 
 def _tally(
-    keys: Counter, is_ascii: Callable[[], bool], held: tuple[str, ...], since: str
+    keys: dict[bytes, int], is_ascii: Callable[[], bool], held: tuple[str, ...], since: str
 ) -> Part | None:
     """The part the keys of a chunk's lines add up to; None when it must be read line by line."""
     part = Part(lines=sum(keys.values()), unparseable=keys.pop(b"", 0))
@@ -191,8 +198,8 @@ def _tally(
     is_error = list(map(bytes.startswith, order, repeat(ERROR_KEYS)))
     others = _other_keys(order, counts, is_error, part)
     errors = _error_keys(order, counts, is_error)
-    if others is None or errors is None:
-        return None  # a key ran across lines, or is ambiguous
+    if errors is None:
+        return None  # an error's key is ambiguous
     for _, level, logger, count in sorted(others[0] + errors[0], key=itemgetter(0)):
         part.levels[level] = part.levels.get(level, 0) + count
         part.loggers[logger] = part.loggers.get(logger, 0) + count
@@ -244,15 +251,13 @@ def _logger(raw: bytes) -> str | None:
 
 def _other_keys(
     order: list[bytes], counts: list[int], is_error: list[bool], part: Part
-) -> tuple[list, set[int]] | None:
+) -> tuple[list, set[int]]:
     """(first position, level, logger, count) for each level and logger of the keys that are
     not errors, and the positions of those the text reading would refuse, whose lines count
     as unparseable."""
     seen: dict[tuple[bytes, bytes], list | None] = {}
     refused = set()
     for i in compress(range(len(order)), map(not_, is_error)):
-        if b"\n" in order[i]:
-            return None
         level, _, rest = order[i].partition(b" ")
         raw = rest.lstrip(b" ").rpartition(b" [")[0]
         if (level, raw) not in seen:  # one check a level and logger, whatever the process
@@ -272,9 +277,7 @@ def _error_keys(order: list[bytes], counts: list[int], is_error: list[bool]) -> 
     keys, weights = list(compress(order, is_error)), list(compress(counts, is_error))
     if not keys:
         return [], {}
-    joined = b"\n".join(keys)
-    if joined.count(b"\n") != len(keys) - 1:
-        return None  # a key ran across lines
+    joined = b"\n".join(keys)  # one line a key (none runs across lines)
     if joined.count(b"] ") == len(keys):  # only the one after the process id
         pieces = joined.replace(b"] ", b"\n").split(b"\n")
         heads, messages = pieces[0::2], pieces[1::2]
