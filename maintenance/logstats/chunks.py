@@ -90,7 +90,7 @@ def classifier(since: str, first: str | None, last: str | None) -> re.Pattern[by
             r"|(?:ERROR|CRITICAL) ++[^ ]++ \[[0-9]++\] [^\n]*+")  # fmt: skip
     pattern = (
         rf"\n(?:{inside} |)("
-        rf"(?<=Z )(?:{keys})"  # in the window, between first and last
+        rf"(?<=Z )(?:{keys}|)"  # in the window, between first and last: its key, or none
         r"|  "  # a continuation line
         rf"|(?={below(since)} {HEAD})[0-9]"  # a record before the window
         rf"|{_tail(0)} (?:{keys})"  # any other record: out of order, or a name not in ASCII

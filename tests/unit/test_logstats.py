@@ -86,3 +86,19 @@ def test_a_key_running_into_the_next_line_sends_the_chunk_line_by_line() -> None
         part = scan_chunk(lines, since, 100)
         assert part == slow_scan(lines, since, 100)
         assert (part.lines, part.unparseable) == (3, 2)
+
+
+def test_a_timestamp_of_the_window_followed_by_no_record_is_an_unparseable_line() -> None:
+    """Neither spaces nor another timestamp after it make a continuation line or a record
+    before the window of it."""
+    since = "2026-11-28T11:00:00.000Z"
+    data = (
+        b"\n2026-11-28T12:00:00.000Z INFO     app [7] first"
+        b"\n2026-11-28T12:00:01.000Z    spaces"
+        b"\n2026-11-28T12:00:01.000Z 2026-11-28T10:00:00.000Z INFO     app [7] earlier"
+        b"\n2026-11-28T12:00:02.000Z INFO     app [7] last"
+    )
+    lines = Lines.of(bytearray(data), 0, len(data))
+    part = scan_chunk(lines, since, 100)
+    assert part == slow_scan(lines, since, 100)
+    assert (part.continuation, part.before, part.unparseable) == (0, 0, 2)
