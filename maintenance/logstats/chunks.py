@@ -9,11 +9,14 @@ the pattern: a record counts as one in the window without its timestamp when tha
 between two records found first near the start and the end of its file (or chunk), the
 earliest and the latest there, which are then the first and last; a record of the window
 outside them (out of order by more than a few lines) keeps its timestamp in its key.
-Counting the keys (`Counter`, in C) leaves the distinct keys to check one by one: levels,
-loggers and messages are decoded there only, and a level or logger the text reading would
-refuse makes unparseable lines. What this cannot vouch for (a key running across lines,
-lines that might be records to the Unicode reading of `\\d` and `\\S` only) sends the chunk
-through `LogSummary.feed` instead.
+The keys are found and counted by a compiled scanner (`_scan.c`, built at install by
+scripts/build_scanner.py) that gives what `Counter(pattern.findall(...))` gives, in one pass
+that makes a bytes object of each distinct key only; where it is not built, by the pattern
+and `Counter` themselves (the same keys, for several times the CPU). That leaves the
+distinct keys to check one by one: levels, loggers and messages are decoded there only, and
+a level or logger the text reading would refuse makes unparseable lines. What this cannot
+vouch for (a key running across lines, lines that might be records to the Unicode reading
+of `\\d` and `\\S` only) sends the chunk through `LogSummary.feed` instead.
 """
 
 import re
@@ -27,6 +30,11 @@ from typing import Any, NamedTuple
 
 from maintenance.logs import LEVELS, mask
 from maintenance.logstats.summary import LogSummary, Part
+
+try:
+    from maintenance.logstats import _scan
+except ImportError:  # not built (no compiler at install): the pattern counts
+    _scan = None
 
 SHAPE = "0000-00-00T00:00:00.000Z"  # a timestamp; "0" is any ASCII digit
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", re.ASCII)
@@ -169,8 +177,10 @@ def scan_chunk(lines: Lines, since: str, cap: int, bounds: Bounds | None = None)
 
 
 def line_keys(lines: Lines, since: str, bounds: Bounds) -> dict[bytes, int] | None:
-    """The lines' keys counted, in the order of their first appearance; None when a key runs
-    across lines."""
+    """The lines' keys counted, in the order of their first appearance (by the compiled
+    scanner when it is built, else by the pattern); None when a key runs across lines."""
+    if _scan is not None:
+        return _scan.keys(lines.buffer, lines.begin, lines.end, since, bounds.first, bounds.last)
     pattern = classifier(since, bounds.first, bounds.last)
     keys = Counter(pattern.findall(lines.buffer, lines.begin, lines.end))
     return None if b"\n" in b"".join(keys) else keys

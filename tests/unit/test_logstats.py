@@ -4,6 +4,8 @@ import random
 import re
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from maintenance.logs import mask
 from maintenance.logstats.chunks import (
     Lines,
@@ -73,6 +75,7 @@ def test_messages_are_masked_and_counted_as_one_by_one_in_order() -> None:
     assert list(counted) == list(expected)  # first appearance decides the order
 
 
+@pytest.mark.usefixtures("log_scanner")
 def test_a_key_running_into_the_next_line_sends_the_chunk_line_by_line() -> None:
     """A line before the window whose key (level and logger: runs of non-spaces) takes the
     next line with it must not swallow that line."""
@@ -88,6 +91,7 @@ def test_a_key_running_into_the_next_line_sends_the_chunk_line_by_line() -> None
         assert (part.lines, part.unparseable) == (3, 2)
 
 
+@pytest.mark.usefixtures("log_scanner")
 def test_a_timestamp_of_the_window_followed_by_no_record_is_an_unparseable_line() -> None:
     """Neither spaces nor another timestamp after it make a continuation line or a record
     before the window of it."""

@@ -1,13 +1,13 @@
 """log_statistics against a plain reference, written here, on random logs.
 
-The operation counts a chunk at a time with one byte-level pattern, in worker processes,
-and merges the parts; the reference below reads every line as text, one at a time. Random
-logs give them both what real ones rarely do: records out of order and around the window's
-start, continuation lines, unparseable lines, levels and loggers the format refuses,
-Unicode digits and spaces, invalid UTF-8, CRLF, "] " in messages, a timestamp followed by
-spaces or by another line, ids to mask, more distinct loggers and messages than are kept,
-compressed and rotated files, a file without its last newline; and chunks (made small
-here) that split the files anywhere.
+The operation counts a chunk at a time with one byte-level pattern (or the compiled scanner
+that stands for it), in worker processes, and merges the parts; the reference below reads
+every line as text, one at a time. Random logs give them both what real ones rarely do:
+records out of order and around the window's start, continuation lines, unparseable lines,
+levels and loggers the format refuses, Unicode digits and spaces, invalid UTF-8, CRLF, "] "
+in messages, a timestamp followed by spaces or by another line, ids to mask, more distinct
+loggers and messages than are kept, compressed and rotated files, a file without its last
+newline; and chunks (made small here) that split the files anywhere.
 """
 
 import gzip
@@ -185,6 +185,7 @@ def write_logs(
     return paths
 
 
+@pytest.mark.usefixtures("log_scanner")  # the compiled scanner, then the pattern
 @pytest.mark.parametrize("seed", range(24))
 def test_counts_equal_a_plain_reading_of_random_logs(
     seed: int, roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
