@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# log_statistics' compiled scanner, named as this Python imports an extension module.
+SCANNER := maintenance/logstats/_scan$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 
 .PHONY: run test lint install install-dev bench soak drill-scale-out clean
 
@@ -18,8 +20,13 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $(VENV)/.installed-run $@
 
-install: $(VENV)/.installed-run
-install-dev: $(VENV)/.installed-dev
+# Without a compiler the script warns and leaves no module: log_statistics then counts with
+# its regular expression, and the next install tries again.
+$(SCANNER): maintenance/logstats/_scan.c scripts/build_scanner.py | $(BIN)/python
+	$(BIN)/python scripts/build_scanner.py
+
+install: $(VENV)/.installed-run $(SCANNER)
+install-dev: $(VENV)/.installed-dev $(SCANNER)
 
 run: install
 	$(BIN)/python scripts/run.py
@@ -50,4 +57,4 @@ drill-scale-out: install-dev
 	$(BIN)/python tests/drills/scale_out.py $(DRILL_ARGS)
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var $(SCANNER)

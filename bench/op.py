@@ -21,6 +21,15 @@ def high_water_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds() -> float:
+    """User and system time of this process (the memory sampler's included) and of the
+    worker processes it has waited for (log_statistics' have ended when it returns)."""
+    own, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 class WorkerMemory(threading.Thread):
     """The peak RSS of the largest process this one forks (log_statistics' workers), sampled
     every 20 ms; pages shared with this process count in both."""
@@ -44,13 +53,14 @@ def main() -> None:
     name, kwargs = sys.argv[1], json.loads(sys.argv[2])
     workers = WorkerMemory()
     workers.start()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     result = getattr(operations, name)(**kwargs)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     workers.done.set()
     workers.join()
     summary = {k: v for k, v in result.items() if isinstance(v, int | float)}
-    print(json.dumps({"seconds": round(elapsed, 3), "peak_rss_mib": round(high_water_mib(), 1),
+    print(json.dumps({"seconds": round(elapsed, 3), "cpu_s": round(cpu, 3),
+                      "peak_rss_mib": round(high_water_mib(), 1),
                       "workers_peak_rss_mib": round(workers.peak, 1), **summary}))  # fmt: skip
 
 

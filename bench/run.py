@@ -593,16 +593,23 @@ class Bench:
             "stop_answers": [a for _, a in stops],
         }
 
+    OPERATIONS = ("cleanup_runs", "cleanup_temp_files", "log_statistics")
+
     def operations(self) -> dict:
         """Each operation in a fresh process, over data made for it; log_statistics several
-        times (it only reads), beside `grep -c` over the same files."""
+        times (it only reads), beside `grep -c` over the same files. Only those of
+        `self.operation_names` (--operations) and their data."""
         runs = 100_000 if self.quick else 1_000_000
         files = 100_000 if self.quick else 1_000_000
         log_bytes = (100 if self.quick else 1024) * 2**20
+        chosen = self.operation_names
         log("4. operations at scale: preparing data")
-        self.make_runs(runs)
-        self.make_temp_files(files)
-        write_logs(self.workdir / "log", log_bytes)
+        if "cleanup_runs" in chosen:
+            self.make_runs(runs)
+        if "cleanup_temp_files" in chosen:
+            self.make_temp_files(files)
+        if "log_statistics" in chosen:
+            write_logs(self.workdir / "log", log_bytes)
         os.sync()  # what was written is on disk: the operations do not wait for it
         results = {}
         for name, kwargs, size, unit, count in (
@@ -610,6 +617,8 @@ class Bench:
              f"{runs:,} runs ({runs // 10:,} artifact dirs)", "runs/s", runs),
             ("cleanup_temp_files", {"max_age_hours": 24}, f"{files:,} files", "files/s", files),
         ):  # fmt: skip
+            if name not in chosen:
+                continue
             log(f"4. operations: {name} over {size}")
             result = self.operation(name, kwargs)
             results[name] = {
@@ -618,8 +627,9 @@ class Bench:
                 "unit": unit,
                 **result,
             }
-        results["log_statistics"] = self.log_statistics(log_bytes)
-        results["grep -c (reference)"] = self.grep_logs()
+        if "log_statistics" in chosen:
+            results["log_statistics"] = self.log_statistics(log_bytes)
+            results["grep -c (reference)"] = self.grep_logs()
         return results
 
     def operation(self, name: str, kwargs: dict) -> dict:
@@ -878,6 +888,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     parser.add_argument("--only", nargs="*", default=None, help="scenarios to run")
     parser.add_argument("--workers", default="1,2,4", help="worker counts for throughput")
+    parser.add_argument("--operations", nargs="*", choices=Bench.OPERATIONS,
+                        default=Bench.OPERATIONS, help="the operations scenario's operations")  # fmt: skip
     parser.add_argument("--no-save", action="store_true", help="print, keep old results")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -887,6 +899,7 @@ def main() -> None:
     with embedded_redis(workdir / "redis") as redis_url:
         bench = Bench(workdir, redis_url, args.quick)
         bench.worker_counts = [int(n) for n in args.workers.split(",")]
+        bench.operation_names = args.operations
         try:
             bench.setup()
             results = {
@@ -910,6 +923,8 @@ def main() -> None:
     if args.only is not None and (RESULTS / "latest.json").exists():
         # A partial run updates the scenarios it ran and keeps the others.
         previous = json.loads((RESULTS / "latest.json").read_text())
+        if "operations" in results:  # --operations may have run some of them only
+            results["operations"] = {**previous.get("operations", {}), **results["operations"]}
         results = {
             **previous,
             **{k: v for k, v in results.items() if k in args.only},

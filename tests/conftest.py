@@ -238,3 +238,16 @@ def private_redis() -> Iterator:
     yield server
     if server.process and server.process.poll() is None:
         server.kill()
+
+
+@pytest.fixture(params=["compiled", "pattern"])
+def log_scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """log_statistics' chunks counted by the compiled scanner, then by the pattern it stands
+    for (as where it could not be built)."""
+    from maintenance.logstats import chunks
+
+    if request.param == "pattern":
+        monkeypatch.setattr(chunks, "_scan", None)
+    elif chunks._scan is None:
+        pytest.skip("the compiled scanner is not built (no compiler)")
+    return request.param

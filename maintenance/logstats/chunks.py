@@ -9,11 +9,14 @@ the pattern: a record counts as one in the window without its timestamp when tha
 between two records found first near the start and the end of its file (or chunk), the
 earliest and the latest there, which are then the first and last; a record of the window
 outside them (out of order by more than a few lines) keeps its timestamp in its key.
-Counting the keys (`Counter`, in C) leaves the distinct keys to check one by one: levels,
-loggers and messages are decoded there only, and a level or logger the text reading would
-refuse makes unparseable lines. What this cannot vouch for (a key running across lines,
-lines that might be records to the Unicode reading of `\\d` and `\\S` only) sends the chunk
-through `LogSummary.feed` instead.
+The keys are found and counted by a compiled scanner (`_scan.c`, built at install by
+scripts/build_scanner.py) that gives what `Counter(pattern.findall(...))` gives, in one pass
+that makes a bytes object of each distinct key only; where it is not built, by the pattern
+and `Counter` themselves (the same keys, for several times the CPU). That leaves the
+distinct keys to check one by one: levels, loggers and messages are decoded there only, and
+a level or logger the text reading would refuse makes unparseable lines. What this cannot
+vouch for (a key running across lines, lines that might be records to the Unicode reading
+of `\\d` and `\\S` only) sends the chunk through `LogSummary.feed` instead.
 """
 
 import re
@@ -27,6 +30,11 @@ from typing import Any, NamedTuple
 
 from maintenance.logs import LEVELS, mask
 from maintenance.logstats.summary import LogSummary, Part
+
+try:
+    from maintenance.logstats import _scan
+except ImportError:  # not built (no compiler at install): the pattern counts
+    _scan = None
 
 SHAPE = "0000-00-00T00:00:00.000Z"  # a timestamp; "0" is any ASCII digit
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", re.ASCII)
@@ -90,7 +98,7 @@ def classifier(since: str, first: str | None, last: str | None) -> re.Pattern[by
             r"|(?:ERROR|CRITICAL) ++[^ ]++ \[[0-9]++\] [^\n]*+")  # fmt: skip
     pattern = (
         rf"\n(?:{inside} |)("
-        rf"(?<=Z )(?:{keys})"  # in the window, between first and last
+        rf"(?<=Z )(?:{keys}|)"  # in the window, between first and last: its key, or none
         r"|  "  # a continuation line
         rf"|(?={below(since)} {HEAD})[0-9]"  # a record before the window
         rf"|{_tail(0)} (?:{keys})"  # any other record: out of order, or a name not in ASCII
@@ -163,10 +171,19 @@ def scan_chunk(lines: Lines, since: str, cap: int, bounds: Bounds | None = None)
     part = None
     if STAMP.fullmatch(since):
         bounds = bounds or chunk_bounds(lines, since)
-        pattern = classifier(since, bounds.first, bounds.last)
-        keys = Counter(pattern.findall(lines.buffer, lines.begin, lines.end))
-        part = _tally(keys, lines.is_ascii, bounds.held, since)
+        keys = line_keys(lines, since, bounds)
+        part = None if keys is None else _tally(keys, lines.is_ascii, bounds.held, since)
     return part if part is not None else slow_scan(lines, since, cap)
+
+
+def line_keys(lines: Lines, since: str, bounds: Bounds) -> dict[bytes, int] | None:
+    """The lines' keys counted, in the order of their first appearance (by the compiled
+    scanner when it is built, else by the pattern); None when a key runs across lines."""
+    if _scan is not None:
+        return _scan.keys(lines.buffer, lines.begin, lines.end, since, bounds.first, bounds.last)
+    pattern = classifier(since, bounds.first, bounds.last)
+    keys = Counter(pattern.findall(lines.buffer, lines.begin, lines.end))
+    return None if b"\n" in b"".join(keys) else keys
 
 
 def slow_scan(lines: Lines, since: str, cap: int) -> Part | None:
@@ -177,7 +194,7 @@ def slow_scan(lines: Lines, since: str, cap: int) -> Part | None:
 
 
 def _tally(
-    keys: Counter, is_ascii: Callable[[], bool], held: tuple[str, ...], since: str
+    keys: dict[bytes, int], is_ascii: Callable[[], bool], held: tuple[str, ...], since: str
 ) -> Part | None:
     """The part the keys of a chunk's lines add up to; None when it must be read line by line."""
     part = Part(lines=sum(keys.values()), unparseable=keys.pop(b"", 0))
@@ -191,8 +208,8 @@ def _tally(
     is_error = list(map(bytes.startswith, order, repeat(ERROR_KEYS)))
     others = _other_keys(order, counts, is_error, part)
     errors = _error_keys(order, counts, is_error)
-    if others is None or errors is None:
-        return None  # a key ran across lines, or is ambiguous
+    if errors is None:
+        return None  # an error's key is ambiguous
     for _, level, logger, count in sorted(others[0] + errors[0], key=itemgetter(0)):
         part.levels[level] = part.levels.get(level, 0) + count
         part.loggers[logger] = part.loggers.get(logger, 0) + count
@@ -244,15 +261,13 @@ def _logger(raw: bytes) -> str | None:
 
 def _other_keys(
     order: list[bytes], counts: list[int], is_error: list[bool], part: Part
-) -> tuple[list, set[int]] | None:
+) -> tuple[list, set[int]]:
     """(first position, level, logger, count) for each level and logger of the keys that are
     not errors, and the positions of those the text reading would refuse, whose lines count
     as unparseable."""
     seen: dict[tuple[bytes, bytes], list | None] = {}
     refused = set()
     for i in compress(range(len(order)), map(not_, is_error)):
-        if b"\n" in order[i]:
-            return None
         level, _, rest = order[i].partition(b" ")
         raw = rest.lstrip(b" ").rpartition(b" [")[0]
         if (level, raw) not in seen:  # one check a level and logger, whatever the process
@@ -272,9 +287,7 @@ def _error_keys(order: list[bytes], counts: list[int], is_error: list[bool]) -> 
     keys, weights = list(compress(order, is_error)), list(compress(counts, is_error))
     if not keys:
         return [], {}
-    joined = b"\n".join(keys)
-    if joined.count(b"\n") != len(keys) - 1:
-        return None  # a key ran across lines
+    joined = b"\n".join(keys)  # one line a key (none runs across lines)
     if joined.count(b"] ") == len(keys):  # only the one after the process id
         pieces = joined.replace(b"] ", b"\n").split(b"\n")
         heads, messages = pieces[0::2], pieces[1::2]

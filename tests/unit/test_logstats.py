@@ -4,8 +4,18 @@ import random
 import re
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from maintenance.logs import mask
-from maintenance.logstats.chunks import at_least, below, between, count_masked
+from maintenance.logstats.chunks import (
+    Lines,
+    at_least,
+    below,
+    between,
+    count_masked,
+    scan_chunk,
+    slow_scan,
+)
 
 
 def stamps(rng: random.Random, count: int) -> list[str]:
@@ -63,3 +73,36 @@ def test_messages_are_masked_and_counted_as_one_by_one_in_order() -> None:
     counted = count_masked(raw, weights)
     assert counted == expected
     assert list(counted) == list(expected)  # first appearance decides the order
+
+
+@pytest.mark.usefixtures("log_scanner")
+def test_a_key_running_into_the_next_line_sends_the_chunk_line_by_line() -> None:
+    """A line before the window whose key (level and logger: runs of non-spaces) takes the
+    next line with it must not swallow that line."""
+    since = "2026-11-28T11:00:00.000Z"
+    for odd in (
+        b"2026-11-28T10:00:00.000Z INFOx\nfoo a [1] ",
+        b"2026-11-28T10:00:00.000Z x\ny [1] ",
+    ):
+        data = b"\n" + odd + b"\n2026-11-28T12:00:00.000Z ERROR    app [7] boom\n"
+        lines = Lines.of(bytearray(data), 0, len(data))
+        part = scan_chunk(lines, since, 100)
+        assert part == slow_scan(lines, since, 100)
+        assert (part.lines, part.unparseable) == (3, 2)
+
+
+@pytest.mark.usefixtures("log_scanner")
+def test_a_timestamp_of_the_window_followed_by_no_record_is_an_unparseable_line() -> None:
+    """Neither spaces nor another timestamp after it make a continuation line or a record
+    before the window of it."""
+    since = "2026-11-28T11:00:00.000Z"
+    data = (
+        b"\n2026-11-28T12:00:00.000Z INFO     app [7] first"
+        b"\n2026-11-28T12:00:01.000Z    spaces"
+        b"\n2026-11-28T12:00:01.000Z 2026-11-28T10:00:00.000Z INFO     app [7] earlier"
+        b"\n2026-11-28T12:00:02.000Z INFO     app [7] last"
+    )
+    lines = Lines.of(bytearray(data), 0, len(data))
+    part = scan_chunk(lines, since, 100)
+    assert part == slow_scan(lines, since, 100)
+    assert (part.continuation, part.before, part.unparseable) == (0, 0, 2)

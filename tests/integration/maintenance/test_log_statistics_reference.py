@@ -1,12 +1,13 @@
 """log_statistics against a plain reference, written here, on random logs.
 
-The operation counts a chunk at a time with one byte-level pattern, in worker processes,
-and merges the parts; the reference below reads every line as text, one at a time. Random
-logs give them both what real ones rarely do: records out of order and around the window's
-start, continuation lines, unparseable lines, levels and loggers the format refuses,
-Unicode digits and spaces, invalid UTF-8, CRLF, "] " in messages, ids to mask, more
-distinct loggers and messages than are kept, compressed and rotated files, a file without
-its last newline; and chunks (made small here) that split the files anywhere.
+The operation counts a chunk at a time with one byte-level pattern (or the compiled scanner
+that stands for it), in worker processes, and merges the parts; the reference below reads
+every line as text, one at a time. Random logs give them both what real ones rarely do:
+records out of order and around the window's start, continuation lines, unparseable lines,
+levels and loggers the format refuses, Unicode digits and spaces, invalid UTF-8, CRLF, "] "
+in messages, a timestamp followed by spaces or by another line, ids to mask, more distinct
+loggers and messages than are kept, compressed and rotated files, a file without its last
+newline; and chunks (made small here) that split the files anywhere.
 """
 
 import gzip
@@ -131,6 +132,11 @@ def random_line(rng: random.Random, moment: datetime, mess: float) -> bytes:
         return rng.choice(JUNK).encode()
     if rng.random() < mess / 10:
         return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 30))).replace(b"\n", b"")
+    if rng.random() < mess / 10:  # a timestamp, then two spaces or another line's timestamp
+        earlier = moment - timedelta(hours=3 * rng.random())
+        return (
+            f"{stamp(moment)} ".encode() + rng.choice([b"  ", b""]) + random_line(rng, earlier, 0)
+        )
     odd = rng.random() < mess
     level = rng.choice(LEVELS if odd else LEVELS[:-2])
     pad = " " * max(1, 9 - len(level)) if not odd else " " * rng.randrange(1, 4)
@@ -179,6 +185,7 @@ def write_logs(
     return paths
 
 
+@pytest.mark.usefixtures("log_scanner")  # the compiled scanner, then the pattern
 @pytest.mark.parametrize("seed", range(24))
 def test_counts_equal_a_plain_reading_of_random_logs(
     seed: int, roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
