@@ -102,7 +102,10 @@ class Bench:
 
         from taskqueue import backend
 
-        command = [PYTHON, "manage.py", "rqworker", "high", "default", "low"]
+        # Every engine logs at WARNING, as Celery's workers here do (--loglevel): rqworker's
+        # level comes from its verbosity, not LOG_LEVEL; at its default (INFO) RQ writes two
+        # lines a job, about 0.2 ms of a worker's CPU each time.
+        command = [PYTHON, "manage.py", "rqworker", "high", "default", "low", "--verbosity", "0"]
         if worker_class:
             command += ["--worker-class", worker_class]
         started = [self.start(command, f"worker-{n}") for n in range(count)]
