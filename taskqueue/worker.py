@@ -180,10 +180,13 @@ class Worker(RQWorker):
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None
                                      ) -> tuple[Job, Queue] | None:  # fmt: skip
-        """The job taken with the end of the last one, if any; else RQ's dequeue."""
-        taken, self._taken = self._taken, None
-        if taken is None:
+        """The job taken with the end of the last one, if any; else RQ's dequeue. None
+        (RQ's loop ends) when a stop came after RQ's check: `_give_back` returns the job."""
+        if self._taken is None:
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        if self._stop_requested:
+            return None
+        taken, self._taken = self._taken, None
         job, queue = taken
         job.redis_server_version = self.get_redis_server_version()
         self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
@@ -316,7 +319,14 @@ class Worker(RQWorker):
     def _shutdown(self) -> None:
         """Warm shutdown. RQ stops at once (StopRequested, raised wherever the worker is)
         unless it is busy, and calls itself busy only once a job has started: a SIGTERM
-        in the lease left the task `leased`. From the dequeue on, the job is finished."""
+        in the lease left the task `leased`. From the dequeue on, the job is finished.
+
+        The request is kept in `_stop_requested` first, whatever RQ then does: its
+        StopRequested, raised from this signal handler into whatever the worker was doing,
+        is lost when that was writing a log line (logging's handlers swallow any Exception,
+        and StopRequested is one): the worker then ran on as if no SIGTERM had come (found
+        by the drill in a stream of short tasks, where the worker logs between jobs)."""
+        self._stop_requested = True
         if self._running is None or self.get_state() == WorkerStatus.BUSY:
             super()._shutdown()
             return

@@ -1,6 +1,7 @@
 """The execution wrapper and worker class, run by a real forking RQ worker (burst mode)."""
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -306,3 +307,36 @@ def test_a_stop_for_the_running_attempt_marks_it_and_others_are_ignored(redis_db
     stop(task.job_id)
     assert attempt.stop
     assert os.read(worker._wake_r, 10) == b"!"
+
+
+def test_a_warm_shutdown_swallowed_between_jobs_still_stops_the_loop(redis_db) -> None:
+    """RQ's warm shutdown between jobs raises StopRequested from the signal handler into
+    whatever the worker was doing; when that was writing a log line, logging swallows it
+    (its handlers catch any Exception). The request must survive that: RQ's loop checks
+    `_stop_requested` before every dequeue."""
+    import logging
+
+    from rq.exceptions import StopRequested
+
+    from taskqueue.worker import Worker
+
+    worker = Worker([backend.get_queue("default")], connection=redis_db)
+    worker.register_birth()
+
+    class Interrupted(logging.Handler):  # the signal lands inside a handler's emit
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                worker.request_stop(15, None)
+            except StopRequested:
+                self.handleError(record)  # what a stream handler's swallowing amounts to
+
+    handler = Interrupted()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    logging.getLogger("tests.interrupted").addHandler(handler)
+    try:
+        logging.getLogger("tests.interrupted").warning("between jobs")
+    finally:
+        logging.getLogger("tests.interrupted").removeHandler(handler)
+        for sig, action in saved.items():  # request_stop installs RQ's cold-stop handlers
+            signal.signal(sig, action)
+    assert worker._stop_requested
