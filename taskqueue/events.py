@@ -95,9 +95,7 @@ def forget_held() -> None:
 
 def send_held(pipeline: Any) -> None:
     """Add the events kept so far to `pipeline` (they are sent when it executes)."""
-    if _held:
-        _send(_held, pipeline)
-        _held.clear()
+    _send(take_held(), pipeline)
 
 
 def take_held() -> list[tuple[str, str]]:
