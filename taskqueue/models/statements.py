@@ -62,12 +62,10 @@ def _now(vendor: str) -> str:
     return "statement_timestamp()" if vendor == "postgresql" else "%(now)s"
 
 
-@cache
-def _lease_sql(vendor: str) -> tuple[str, str]:
-    """(UPDATE … RETURNING, INSERT of the attempt) or, on PostgreSQL, one CTE and ''."""
+def _lease_parts(vendor: str) -> tuple[str, str]:
+    """The lease's UPDATE of the task and INSERT of its attempt ({source}: the leased row)."""
     task_model, attempt_model = _models()
     task, attempt = task_model._meta.db_table, attempt_model._meta.db_table
-    _, returning = _columns()
     now = _now(vendor)
     update = (
         f"UPDATE {task} SET status = 'leased', attempts = attempts + 1,"
@@ -81,13 +79,22 @@ def _lease_sql(vendor: str) -> tuple[str, str]:
         " (task_id, number, outcome, started_at, worker_name, error_code, error_message)"
         f" SELECT id, attempts, 'running', {now}, %(worker)s, '', '' FROM {{source}}"
     )
+    return update, insert
+
+
+@cache
+def _lease_sql(vendor: str) -> tuple[str, str]:
+    """(UPDATE … RETURNING, INSERT of the attempt) or, on PostgreSQL, one CTE and ''."""
+    task_model, _ = _models()
+    _, returning = _columns()
+    update, insert = _lease_parts(vendor)
     if vendor == "postgresql":
         sql = (
             f"WITH t AS ({update} RETURNING *), a AS ({insert.format(source='t')})"
             f" SELECT {returning} FROM t"
         )
         return sql, ""
-    source = f"{task} WHERE id = %(id)s"
+    source = f"{task_model._meta.db_table} WHERE id = %(id)s"
     return f"{update} RETURNING {returning}", insert.format(source=source)
 
 
@@ -143,11 +150,10 @@ def lease(task_id: int, dispatch: int, worker_name: str, *, heartbeats: bool) ->
     task_model, _ = _models()
     alias = router.db_for_write(task_model)
     connection = connections[alias]
-    now = _db_value("updated_at", timezone.now(), connection)
     params = {
         "id": task_id,
         "dispatch": dispatch,
-        "now": now,
+        "now": _db_value("updated_at", timezone.now(), connection),
         "beats": heartbeats,
         "worker": worker_name[:200],
     }
@@ -181,8 +187,54 @@ def end_attempt(
     connection = connections[alias]
     names = tuple(sorted(values))
     task_sql, attempt_sql = _end_sql(connection.vendor, names)
-    params = {f"v_{name}": _db_value(name, values[name], connection) for name in names}
-    params |= {
+    params = _end_params(connection, task_id, number, values, outcome, now)
+    atomic = transaction.atomic(using=alias, savepoint=False) if attempt_sql else nullcontext()
+    with atomic, connection.cursor() as cursor:
+        _execute(connection, cursor, task_sql, params)
+        row = cursor.fetchone()
+        if row is not None and attempt_sql:
+            cursor.execute(attempt_sql, params)
+    return None if row is None else _end_stamps(connection, values, row[1:])
+
+
+def end_attempt_and_lease(
+    task_id: int, number: int, values: dict[str, Any], outcome: str, now: datetime, *,
+    lease_id: int, lease_dispatch: int, worker_name: str,
+) -> tuple[dict[str, Any] | None, "Task | None"]:  # fmt: skip
+    """`end_attempt`, and the lease of task `lease_id` (with heartbeats) in the same
+    transaction: one commit where a worker ends one attempt and starts the next. On
+    PostgreSQL one statement (the two CTEs side by side: they touch different rows).
+
+    (end_attempt's result, lease's result). Raises IntegrityError, and records neither,
+    when the leased task is exclusive and another task of its type is leased.
+    """
+    task_model, _ = _models()
+    alias = router.db_for_write(task_model)
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        with transaction.atomic(using=alias, savepoint=False):
+            stamps = end_attempt(task_id, number, values, outcome, now)
+            leased = lease(lease_id, lease_dispatch, worker_name, heartbeats=True)
+        return stamps, leased
+    names = tuple(sorted(values))
+    params = _end_params(connection, task_id, number, values, outcome, now)
+    params |= {"n_id": lease_id, "n_dispatch": lease_dispatch, "beats": True,
+               "worker": worker_name[:200]}  # fmt: skip
+    with connection.cursor() as cursor:
+        _execute(connection, cursor, _end_and_lease_sql(names), params)
+        row = cursor.fetchone()
+    stamped = len([name for name in STAMPED_AT_END if name in values])
+    ended, leased = row[: 1 + stamped], row[1 + stamped :]
+    stamps = None if ended[0] is None else _end_stamps(connection, values, ended[1:])
+    return stamps, None if leased[0] is None else _task_from_row(alias, leased)
+
+
+def _end_params(
+    connection: Any, task_id: int, number: int, values: dict[str, Any], outcome: str,
+    now: datetime,
+) -> dict[str, Any]:  # fmt: skip
+    params = {f"v_{name}": _db_value(name, value, connection) for name, value in values.items()}
+    return params | {
         "id": task_id,
         "number": number,
         "outcome": outcome,
@@ -190,22 +242,47 @@ def end_attempt(
         "code": values.get("error_code", ""),
         "message": values.get("error_message", ""),
     }
-    atomic = transaction.atomic(using=alias, savepoint=False) if attempt_sql else nullcontext()
-    with atomic, connection.cursor() as cursor:
-        _execute(connection, cursor, task_sql, params)
-        row = cursor.fetchone()
-        if row is not None and attempt_sql:
-            cursor.execute(attempt_sql, params)
-    if row is None:
-        return None
+
+
+def _end_stamps(connection: Any, values: dict[str, Any], row: tuple) -> dict[str, Any]:
     if connection.vendor != "postgresql":
         return {name: values[name] for name in STAMPED_AT_END if name in values}
     stamped = [name for name in STAMPED_AT_END if name in values]
-    return dict(zip(stamped, row[1:], strict=True))
+    return dict(zip(stamped, row, strict=True))
 
 
 @cache
 def _end_sql(vendor: str, names: tuple[str, ...]) -> tuple[str, str]:
+    update, close = _end_parts(vendor, names)
+    if vendor != "postgresql":
+        return update, close.format(source="%(id)s")
+    stamps = "".join(f", {column}" for column in _end_stamped_columns(names))
+    return f"WITH t AS ({update}), a AS ({_closing(close)}) SELECT id{stamps} FROM t", ""
+
+
+@cache
+def _end_and_lease_sql(names: tuple[str, ...]) -> str:
+    """PostgreSQL's statement of end_attempt_and_lease: the end's row (NULLs if the attempt
+    had ended), then the leased task's (NULLs if it was not leased)."""
+    update, close = _end_parts("postgresql", names)
+    lease_update, lease_insert = _lease_parts("postgresql")
+    lease_update = lease_update.replace("%(id)s", "%(n_id)s").replace(
+        "%(dispatch)s", "%(n_dispatch)s"
+    )
+    fields, _ = _columns()
+    ended = ", ".join(["t.id", *(f"t.{column}" for column in _end_stamped_columns(names))])
+    leased = ", ".join(f'lt."{field.column}"' for field in fields)
+    return (
+        f"WITH t AS ({update}), a AS ({_closing(close)}),"
+        f" lt AS ({lease_update} RETURNING *), la AS ({lease_insert.format(source='lt')})"
+        f" SELECT {ended}, {leased} FROM (SELECT 1) AS one"
+        " LEFT JOIN t ON TRUE LEFT JOIN lt ON TRUE"
+    )
+
+
+def _end_parts(vendor: str, names: tuple[str, ...]) -> tuple[str, str]:
+    """The end's UPDATE of the task (RETURNING id and the stamped times) and UPDATE of the
+    attempt ({source}: the task's id)."""
     task_model, attempt_model = _models()
     task, attempt = task_model._meta.db_table, attempt_model._meta.db_table
     columns = {f.name: f.column for f in task_model._meta.concrete_fields}
@@ -224,13 +301,20 @@ def _end_sql(vendor: str, names: tuple[str, ...]) -> tuple[str, str]:
         " error_code = %(code)s, error_message = %(message)s"
         " WHERE task_id = {source} AND number = %(number)s"
     )
-    if vendor == "postgresql":
-        closing = close.format(source="(SELECT id FROM t)")
-        # The attempt's end takes the task's time, read back from the task's UPDATE.
-        closing = closing.replace(now, "(SELECT updated_at FROM t)")
-        stamps = "".join(f", {name}" for name in (f'"{columns[n]}"' for n in stamped))
-        return f"WITH t AS ({update}), a AS ({closing}) SELECT id{stamps} FROM t", ""
-    return update, close.format(source="%(id)s")
+    return update, close
+
+
+def _end_stamped_columns(names: tuple[str, ...]) -> list[str]:
+    task_model, _ = _models()
+    columns = {f.name: f.column for f in task_model._meta.concrete_fields}
+    return [f'"{columns[name]}"' for name in STAMPED_AT_END if name in names]
+
+
+def _closing(close: str) -> str:
+    """The attempt's UPDATE on PostgreSQL: the task's id and time, read back from the
+    task's UPDATE (CTE t)."""
+    closing = close.format(source="(SELECT id FROM t)")
+    return closing.replace(_now("postgresql"), "(SELECT updated_at FROM t)")
 
 
 def heartbeat(task_id: int, number: int, now: datetime) -> bool | None:
@@ -255,6 +339,8 @@ def heartbeat(task_id: int, number: int, now: datetime) -> bool | None:
 PARAMETER_TYPES = {
     "id": "bigint",
     "dispatch": "integer",
+    "n_id": "bigint",
+    "n_dispatch": "integer",
     "number": "integer",
     "now": "timestamptz",
     "beats": "boolean",

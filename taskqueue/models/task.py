@@ -257,7 +257,35 @@ class Task(models.Model):
         values = {"error_code": "stopped", "error_message": "Stopped while running."}
         return self._end_attempt(attempt, self.Status.CANCELLED, values)
 
+    def complete_and_lease(
+        self, *, attempt: int, result: dict[str, Any], next_task: int, dispatch: int,
+        worker_name: str,
+    ) -> tuple[bool, "Task | None"]:  # fmt: skip
+        """`complete()`, and `Task.objects.lease(next_task, dispatch=…, heartbeats=True)` in
+        the same transaction (one statement on PostgreSQL, one commit): a worker's end of
+        one attempt and lease of its next task. (completed, the leased task or None).
+
+        Raises IntegrityError, having recorded neither, when the next task is exclusive and
+        another task of its type is leased.
+        """
+        values, outcome, now = self._end_values(
+            self.Status.COMPLETED, {"result": result, **self.NO_ERROR, **self.STOP_LOST}
+        )
+        stamps, leased = statements.end_attempt_and_lease(
+            self.pk, attempt, values, outcome, now,
+            lease_id=next_task, lease_dispatch=dispatch, worker_name=worker_name,
+        )  # fmt: skip
+        ended = self._ended(values, stamps)
+        if leased is not None:
+            events.task_changed(leased)
+        return ended, leased
+
     def _end_attempt(self, number: int, status: str, values: dict[str, Any]) -> bool:
+        values, outcome, now = self._end_values(status, values)
+        return self._ended(values, statements.end_attempt(self.pk, number, values, outcome, now))
+
+    def _end_values(self, status: str, values: dict[str, Any]) -> tuple[dict, str, datetime]:
+        """What an attempt's end with `status` writes, its attempt's outcome, and now."""
         now = timezone.now()
         values = {**values, "status": status, "updated_at": now}
         if status in self.TERMINAL_STATUSES:
@@ -266,10 +294,14 @@ class Task(models.Model):
             self.Status.COMPLETED: TaskAttempt.Outcome.COMPLETED,
             self.Status.CANCELLED: TaskAttempt.Outcome.STOPPED,
         }.get(status, TaskAttempt.Outcome.FAILED)
-        stamps = statements.end_attempt(self.pk, number, values, outcome, now)
+        return values, outcome, now
+
+    def _ended(self, values: dict[str, Any], stamps: dict[str, Any] | None) -> bool:
+        """Mirror an attempt's end onto this instance, if it applied (`stamps`: the times
+        as stored)."""
         if stamps is None:
             return False
-        for name, value in {**values, **stamps}.items():  # the times as stored
+        for name, value in {**values, **stamps}.items():
             setattr(self, name, value)
         events.task_changed(self)
         return True

@@ -6,7 +6,7 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from taskqueue.models import Task
+from taskqueue.models import Task, statements
 
 pytestmark = pytest.mark.django_db
 
@@ -171,12 +171,101 @@ def test_the_hot_statements_are_prepared_once_and_survive_being_deallocated() ->
 
     with connection.cursor() as cursor:
         cursor.execute("DEALLOCATE ALL")  # what earlier tests on this session prepared
-    first, second = make(S.QUEUED), make(S.QUEUED)
+    statements._prepared.pop(connection.connection, None)  # and what this process knew of it
+    first, second, third = make(S.QUEUED), make(S.QUEUED), make(S.QUEUED)
     assert first.lease(dispatch=0, worker_name="w") == 1
     assert first.complete(attempt=1, result={"n": 1}) is True
     assert prepared() == 2  # the lease and the completion
+    second.lease(dispatch=0, worker_name="w")
+    assert second.complete_and_lease(
+        attempt=1, result={"n": 2}, next_task=third.pk, dispatch=0, worker_name="w"
+    )[1] is not None
+    assert prepared() == 3  # and the two in one
+    assert third.complete(attempt=1, result={"n": 3}) is True
+    second = make(S.QUEUED)
     with connection.cursor() as cursor:
         cursor.execute("DEALLOCATE ALL")  # what a pooler resetting sessions does
     assert second.lease(dispatch=0, worker_name="w") == 1
     assert second.complete(attempt=1, result={"n": 2}) is True
     assert Task.objects.get(pk=second.pk).result == {"n": 2}
+
+
+def _stored(task: Task) -> tuple:
+    stored = Task.objects.get(pk=task.pk)
+    outcomes = list(stored.attempt_set.order_by("number").values_list("outcome", flat=True))
+    return stored.status, stored.attempts, outcomes
+
+
+def test_complete_and_lease_ends_one_attempt_and_leases_the_next_task() -> None:
+    running, waiting = make(S.QUEUED), make(S.QUEUED)
+    running.lease(dispatch=0, worker_name="w")
+    ended, leased = running.complete_and_lease(
+        attempt=1, result={"pong": True}, next_task=waiting.pk, dispatch=0, worker_name="w"
+    )
+    assert ended is True
+    assert (leased.pk, leased.status, leased.attempts) == (waiting.pk, S.LEASED, 1)
+    assert leased.heartbeat_at is not None  # the worker heartbeats it
+    assert _stored(running) == (S.COMPLETED, 1, ["completed"])
+    assert Task.objects.get(pk=running.pk).result == {"pong": True}
+    assert running.finished_at == Task.objects.get(pk=running.pk).finished_at
+    assert _stored(waiting) == (S.LEASED, 1, ["running"])
+    assert waiting.attempt_set.get().worker_name == "w"
+
+
+@pytest.mark.parametrize("next_status", [S.LEASED, S.CANCELLED, S.COMPLETED])
+def test_complete_and_lease_leases_nothing_that_is_not_waiting(next_status: str) -> None:
+    running, other = make(S.QUEUED), make(next_status)
+    running.lease(dispatch=0, worker_name="w")
+    ended, leased = running.complete_and_lease(
+        attempt=1, result={}, next_task=other.pk, dispatch=0, worker_name="w"
+    )
+    assert (ended, leased) == (True, None)
+    assert _stored(running)[0] == S.COMPLETED
+    assert Task.objects.get(pk=other.pk).status == next_status
+
+
+def test_complete_and_lease_with_a_stale_dispatch_or_a_missing_task_leases_nothing() -> None:
+    running, waiting = make(S.QUEUED), make(S.QUEUED, dispatch=2)
+    running.lease(dispatch=0, worker_name="w")
+    assert running.complete_and_lease(
+        attempt=1, result={}, next_task=waiting.pk, dispatch=1, worker_name="w"
+    ) == (True, None)
+    assert Task.objects.get(pk=waiting.pk).status == S.QUEUED
+    again = make(S.QUEUED)
+    again.lease(dispatch=0, worker_name="w")
+    assert again.complete_and_lease(
+        attempt=1, result={}, next_task=10**12, dispatch=0, worker_name="w"
+    ) == (True, None)
+
+
+def test_complete_and_lease_of_an_attempt_ended_elsewhere_still_leases_the_next() -> None:
+    """The end is refused (the reconciler ended the attempt); the next task is the worker's
+    all the same."""
+    running, waiting = make(S.QUEUED), make(S.QUEUED)
+    running.lease(dispatch=0, worker_name="w")
+    Task.objects.get(pk=running.pk).fail(attempt=1, error_code="worker_lost", error_message="x")
+    ended, leased = running.complete_and_lease(
+        attempt=1, result={"late": True}, next_task=waiting.pk, dispatch=0, worker_name="w"
+    )
+    assert ended is False
+    assert leased is not None and leased.pk == waiting.pk
+    stored = Task.objects.get(pk=running.pk)
+    assert (stored.status, stored.result, stored.error_code) == (S.FAILED, None, "worker_lost")
+
+
+@pytest.mark.django_db(transaction=True)  # the IntegrityError must not spoil a test transaction
+def test_complete_and_lease_of_an_exclusive_task_whose_type_runs_records_neither() -> None:
+    from django.db import IntegrityError
+
+    running = make(S.QUEUED)
+    running.lease(dispatch=0, worker_name="w")
+    busy = Task.objects.create(task_type="cleanup_runs", exclusive=True)
+    busy.lease(dispatch=0, worker_name="elsewhere")
+    waiting = Task.objects.create(task_type="cleanup_runs", exclusive=True)
+    with pytest.raises(IntegrityError):
+        running.complete_and_lease(
+            attempt=1, result={}, next_task=waiting.pk, dispatch=0, worker_name="w"
+        )
+    assert _stored(running) == (S.LEASED, 1, ["running"])
+    assert _stored(waiting) == (S.QUEUED, 0, [])
+    assert running.complete(attempt=1, result={}) is True  # the end alone, as the worker does
