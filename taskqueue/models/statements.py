@@ -187,7 +187,7 @@ def end_attempt(
     connection = connections[alias]
     names = tuple(sorted(values))
     task_sql, attempt_sql = _end_sql(connection.vendor, names)
-    params = _end_params(connection, task_id, number, values, outcome, now)
+    params = _end_params(connection, task_id, number, values, outcome=outcome, now=now)
     atomic = transaction.atomic(using=alias, savepoint=False) if attempt_sql else nullcontext()
     with atomic, connection.cursor() as cursor:
         _execute(connection, cursor, task_sql, params)
@@ -217,7 +217,7 @@ def end_attempt_and_lease(
             leased = lease(lease_id, lease_dispatch, worker_name, heartbeats=True)
         return stamps, leased
     names = tuple(sorted(values))
-    params = _end_params(connection, task_id, number, values, outcome, now)
+    params = _end_params(connection, task_id, number, values, outcome=outcome, now=now)
     params |= {"n_id": lease_id, "n_dispatch": lease_dispatch, "beats": True,
                "worker": worker_name[:200]}  # fmt: skip
     with connection.cursor() as cursor:
@@ -230,7 +230,7 @@ def end_attempt_and_lease(
 
 
 def _end_params(
-    connection: Any, task_id: int, number: int, values: dict[str, Any], outcome: str,
+    connection: Any, task_id: int, number: int, values: dict[str, Any], *, outcome: str,
     now: datetime,
 ) -> dict[str, Any]:  # fmt: skip
     params = {f"v_{name}": _db_value(name, value, connection) for name, value in values.items()}

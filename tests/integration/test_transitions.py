@@ -177,9 +177,12 @@ def test_the_hot_statements_are_prepared_once_and_survive_being_deallocated() ->
     assert first.complete(attempt=1, result={"n": 1}) is True
     assert prepared() == 2  # the lease and the completion
     second.lease(dispatch=0, worker_name="w")
-    assert second.complete_and_lease(
-        attempt=1, result={"n": 2}, next_task=third.pk, dispatch=0, worker_name="w"
-    )[1] is not None
+    assert (
+        second.complete_and_lease(
+            attempt=1, result={"n": 2}, next_task=third.pk, dispatch=0, worker_name="w"
+        )[1]
+        is not None
+    )
     assert prepared() == 3  # and the two in one
     assert third.complete(attempt=1, result={"n": 3}) is True
     second = make(S.QUEUED)
