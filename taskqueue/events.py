@@ -98,6 +98,12 @@ def send_held(pipeline: Any) -> None:
     _send(take_held(), pipeline)
 
 
+def keep(pairs: list[tuple[str, str]]) -> None:
+    """Hold `pairs` (taken with `take_held` in an earlier `held()`) in the current one."""
+    if pairs:
+        _held.extend(pairs)
+
+
 def take_held() -> list[tuple[str, str]]:
     """The events kept so far, as (channel, message) pairs, for the caller to publish."""
     if not _held:

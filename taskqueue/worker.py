@@ -29,7 +29,7 @@ import select
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -46,9 +46,11 @@ from rq.worker import WorkerStatus
 from taskqueue import backend, events
 from taskqueue.backend import bookkeeping
 from taskqueue.conf import conf
+from taskqueue.exceptions import UnknownTaskType
 from taskqueue.execution import (
     COMPLETED,
     REFUSED,
+    WRITTEN,
     close_connections,
     defer,
     record_outcome,
@@ -137,7 +139,10 @@ def _one_trip(queue_class: type[Queue]) -> type[Queue]:
 
 @dataclass
 class Attempt:
-    """The attempt this worker runs; `stop` and `cold` are set from other threads."""
+    """The attempt this worker runs; `stop` and `cold` are set from other threads.
+
+    `task` is the leased task; `events` are those of the end that leased it (with the end
+    of the last attempt), to go out with this one's start."""
 
     job: Job
     queue: Queue
@@ -145,6 +150,7 @@ class Attempt:
     stop: bool = False
     cold: bool = False
     ended_elsewhere: bool = False
+    events: list = field(default_factory=list)
 
 
 class Worker(RQWorker):
@@ -158,7 +164,19 @@ class Worker(RQWorker):
     _suspension_checked = 0.0
     _registry_keys: dict[str, bookkeeping.Keys]
     _taken: tuple[Job, Queue] | None = None  # the next job, taken with the end of the last
+    _next: Attempt | None = None  # its attempt, when leased with the end of the last: in hand
     _takes_next = False
+    _stopping = False
+
+    @property
+    def _stop_requested(self) -> bool:
+        """Whether a warm shutdown asked for is honoured now (RQ's loop reads this before
+        each job): once the attempt in hand has run, as its lease is committed."""
+        return self._stopping and self._next is None
+
+    @_stop_requested.setter
+    def _stop_requested(self, value: bool) -> None:
+        self._stopping = value
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("job_monitoring_interval", conf.JOB_MONITORING_INTERVAL)
@@ -181,10 +199,11 @@ class Worker(RQWorker):
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None
                                      ) -> tuple[Job, Queue] | None:  # fmt: skip
         """The job taken with the end of the last one, if any; else RQ's dequeue. None
-        (RQ's loop ends) when a stop came after RQ's check: `_give_back` returns the job."""
+        (RQ's loop ends) when a stop came after RQ's check and the job is not leased yet:
+        `_give_back` returns it."""
         if self._taken is None:
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-        if self._stop_requested:
+        if self._stop_requested:  # (never while the job's attempt is in hand)
             return None
         taken, self._taken = self._taken, None
         job, queue = taken
@@ -196,8 +215,19 @@ class Worker(RQWorker):
     def _give_back(self) -> None:
         """Put a job taken with the end of the last one, but not run (the worker is
         stopping), back at the head of its queue. If this worker dies first, the reconciler
-        dispatches the task again (backend.job_states: a queued job in no queue)."""
+        dispatches the task again (backend.job_states: a queued job in no queue).
+
+        If its task was leased too (the loop ended otherwise than by a warm shutdown: a
+        cold one, an error), that attempt is ended as lost, never started: retried under
+        its policy. If this worker dies first, the reconciler ends it (a silent lease)."""
         taken, self._taken = self._taken, None
+        attempt, self._next = self._next, None
+        if attempt is not None and attempt.task is not None:
+            with events.held():
+                events.keep(attempt.events)
+                self._mark_started(attempt.job, attempt.queue)
+                self._end(attempt, _lost("The worker stopped before the attempt started."))
+            return
         if taken is None:
             return
         job, queue = taken
@@ -247,7 +277,10 @@ class Worker(RQWorker):
             super().set_state(state)
 
     def check_for_suspension(self, burst: bool) -> None:
-        # RQ asks Redis before every job; once a second is soon enough for `rq suspend`.
+        # RQ asks Redis before every job; once a second is soon enough for `rq suspend`. An
+        # attempt in hand runs first: waiting with it leased would leave it to the reconciler.
+        if self._next is not None:
+            return
         if time.monotonic() - self._suspension_checked < SUSPENSION_CHECK_SECONDS:
             return
         with self._redis_tolerated("check for suspension"):
@@ -300,12 +333,13 @@ class Worker(RQWorker):
     def handle_payload(self, message: Any) -> None:
         payload = parse_payload(message)
         if payload.get("command") == "stop-job":
-            attempt = self._running
-            if attempt is not None and attempt.job.id == payload.get("job_id"):
-                attempt.stop = True
-                self._wake()
-            else:  # not running here (any more): the task row says what to do
-                logger.info("Stop for job %s, which this worker does not run", payload)
+            for attempt in (self._running, self._next):  # running, or in hand
+                if attempt is not None and attempt.job.id == payload.get("job_id"):
+                    attempt.stop = True
+                    self._wake()
+                    return
+            # not running here (any more): the task row says what to do
+            logger.info("Stop for job %s, which this worker does not run", payload)
             return
         super().handle_payload(message)
 
@@ -327,10 +361,10 @@ class Worker(RQWorker):
         and StopRequested is one): the worker then ran on as if no SIGTERM had come (found
         by the drill in a stream of short tasks, where the worker logs between jobs)."""
         self._stop_requested = True
-        if self._running is None or self.get_state() == WorkerStatus.BUSY:
+        idle = self._running is None and self._next is None
+        if idle or self.get_state() == WorkerStatus.BUSY:
             super()._shutdown()
             return
-        self._stop_requested = True
         with self._redis_tolerated("record the shutdown request"):
             self.set_shutdown_requested_date()
         if self.scheduler:
@@ -359,9 +393,14 @@ class Worker(RQWorker):
         if job.func_name != backend.JOB_FUNCTION:
             super().execute_job(job, queue)  # RQ's way: a horse forked for this job
             return
-        self._running = attempt = Attempt(job=job, queue=queue)  # stops count from here
+        attempt = self._next  # leased with the end of the last one
+        if attempt is None or attempt.job.id != job.id:
+            attempt = Attempt(job=job, queue=queue)
+        self._running = attempt  # stops count from here
+        self._next = None
         try:
             with events.held():  # the attempt's events go out in this worker's pipelines
+                events.keep(attempt.events)
                 self._execute_attempt(attempt)
         finally:
             self._running = None  # (RQ's wait for the next job marks this worker idle)
@@ -388,6 +427,18 @@ class Worker(RQWorker):
 
     def _execute_attempt(self, attempt: Attempt) -> None:
         job, queue = attempt.job, attempt.queue
+        if attempt.task is None and not self._lease(attempt):
+            return
+        payload, outcome = validate(attempt.task)
+        if outcome is None:
+            outcome = self._run_in_horse(attempt, payload)  # which marks the job started
+        else:
+            self._mark_started(job, queue)
+        self._end(attempt, outcome)
+
+    def _lease(self, attempt: Attempt) -> bool:
+        """Lease the attempt's task; False if it is not to run (RQ is told why)."""
+        job, queue = attempt.job, attempt.queue
         task_id, dispatch = [*job.args, 0][:2]
         try:
             attempt.task = Task.objects.lease(
@@ -396,22 +447,17 @@ class Worker(RQWorker):
         except IntegrityError:  # another task of this exclusive type is running
             self._mark_started(job, queue)
             self._rq_finished(job, queue, defer(task_id))
-            return
+            return False
         except DatabaseError as exc:
             close_connections()
             self._mark_started(job, queue)
             self._rq_failed(job, queue, f"Could not lease task {task_id}: {exc}", retry=False)
-            return
+            return False
         if attempt.task is None:
             self._mark_started(job, queue)
             self._rq_finished(job, queue, skip(task_id, dispatch))
-            return
-        payload, outcome = validate(attempt.task)
-        if outcome is None:
-            outcome = self._run_in_horse(attempt, payload)  # which marks the job started
-        else:
-            self._mark_started(job, queue)
-        self._end(attempt, outcome)
+            return False
+        return True
 
     def _run_in_horse(self, attempt: Attempt, payload: dict[str, Any]) -> dict[str, Any]:
         """Have the horse run the attempt; its outcome, as this worker decides it.
@@ -502,15 +548,68 @@ class Worker(RQWorker):
             self._stopped_job_id = job.id  # RQ marks the job stopped
             self._rq_failed(job, queue, "Stopped on request.", retry=False)
             return
+        if outcome["status"] == COMPLETED:
+            self._complete(attempt, outcome)
+            return
         delay = job.get_retry_interval() if job.should_retry else None
         retry_at = retry_at_for(task, outcome, delay)
         if record_outcome(task, outcome, retry_at=retry_at) == REFUSED:
             self._rq_superseded(attempt, outcome)
-        elif outcome["status"] == COMPLETED:
-            self._rq_finished(job, queue, outcome["result"])
         else:
             retried = retry_at is not None and task.status == Task.Status.RETRYING
             self._rq_failed(job, queue, outcome.get("traceback", ""), retry=retried)
+
+    def _complete(self, attempt: Attempt, outcome: dict[str, Any]) -> None:
+        """A completed attempt: RQ is told first, in the script that also takes the next
+        job; then the row's end is written, with the lease of that job's task in the same
+        statement when it may be leased now (one commit; its attempt is then in hand,
+        `_next`). Should this worker die between the two, the reconciler copies RQ's
+        outcome to the row (a finished job whose lease went silent)."""
+        task = attempt.task
+        self._rq_finished(attempt.job, attempt.queue, outcome["result"])
+        self._next = self._in_hand()  # before the lease: a stop for it is then seen
+        if self._next is None:
+            written = record_outcome(task, outcome)
+        else:
+            written = self._record_with_lease(task, outcome, self._next)
+        if written == REFUSED:  # the finish script cleared this worker's bookkeeping
+            self._log_discarded(attempt, outcome)
+
+    def _in_hand(self) -> Attempt | None:
+        """The attempt of the job taken with this end, if its task may be leased with it:
+        one of ours, of a type that is not exclusive (whose lease may be refused: it is
+        leased on its own), the worker not stopping."""
+        if self._taken is None or self._stopping or self._cold:
+            return None
+        job, queue = self._taken
+        if job.func_name != backend.JOB_FUNCTION:
+            return None
+        try:
+            if get_task_type(job.meta.get("task_type", "")).policy.exclusive:
+                return None
+        except UnknownTaskType:
+            return None
+        return Attempt(job=job, queue=queue)
+
+    def _record_with_lease(self, task: Task, outcome: dict[str, Any], attempt: Attempt) -> str:
+        """record_outcome's end of a completed attempt, and the lease of `attempt`'s task
+        in the same statement; `_next` is cleared unless it was leased."""
+        task_id, dispatch = [*attempt.job.args, 0][:2]
+        try:
+            ended, attempt.task = task.complete_and_lease(
+                attempt=task.attempts, result=outcome["result"], next_task=task_id,
+                dispatch=dispatch, worker_name=self.name,
+            )  # fmt: skip
+        except DatabaseError as exc:  # an exclusive row's conflict, or the database away
+            if not isinstance(exc, IntegrityError):
+                close_connections()
+            self._next = None  # leased on its own, as any job
+            return record_outcome(task, outcome)
+        if attempt.task is None:
+            self._next = None
+        else:
+            attempt.events = events.take_held()  # to go out with its start
+        return WRITTEN if ended else REFUSED
 
     def _rq_superseded(self, attempt: Attempt, outcome: dict[str, Any]) -> None:
         """The attempt was ended elsewhere: the reconciler judged this worker gone (it was
@@ -518,15 +617,8 @@ class Worker(RQWorker):
         nowhere: only this worker's own bookkeeping of the job (its execution, its entry in
         the started registry, its current job and state) is cleared; the job is not written
         again (RQ's end of a job would bring a deleted job back, finished or failed)."""
-        job, task = attempt.job, attempt.task
-        self.log.warning(
-            "Worker %s: attempt %s of task %s was ended elsewhere; its late outcome (%s)"
-            " is discarded",
-            self.name,
-            task.attempts,
-            task.pk,
-            outcome["status"],
-        )
+        job = attempt.job
+        self._log_discarded(attempt, outcome)
         try:
             with self.connection.pipeline() as pipeline:
                 self.cleanup_execution(job, pipeline=pipeline)
@@ -535,6 +627,16 @@ class Worker(RQWorker):
                 pipeline.execute()
         except backend.RedisError as exc:
             self.log.warning("Worker %s: could not clear job %s: %s", self.name, job.id, exc)
+
+    def _log_discarded(self, attempt: Attempt, outcome: dict[str, Any]) -> None:
+        self.log.warning(
+            "Worker %s: attempt %s of task %s was ended elsewhere; its late outcome (%s)"
+            " is discarded",
+            self.name,
+            attempt.task.attempts,
+            attempt.task.pk,
+            outcome["status"],
+        )
 
     def _rq_finished(self, job: Job, queue: Queue, result: dict[str, Any]) -> None:
         job.ended_at = rq_now()
