@@ -80,7 +80,7 @@ def held() -> Iterator[None]:
 
             try:
                 with backend.get_connection().pipeline(transaction=False) as pipeline:
-                    _send(left, pipeline)
+                    send(left, pipeline)
                     pipeline.execute()
             except backend.RedisError as exc:
                 logger.debug("%d events not published: %s", len(left), exc)
@@ -95,7 +95,7 @@ def forget_held() -> None:
 
 def send_held(pipeline: Any) -> None:
     """Add the events kept so far to `pipeline` (they are sent when it executes)."""
-    _send(take_held(), pipeline)
+    send(take_held(), pipeline)
 
 
 def keep(pairs: list[tuple[str, str]]) -> None:
@@ -113,7 +113,8 @@ def take_held() -> list[tuple[str, str]]:
     return taken
 
 
-def _send(events: list[tuple[str, str]], pipeline: Any) -> None:
+def send(events: list[tuple[str, str]], pipeline: Any) -> None:
+    """Add `events` ((channel, message) pairs) to `pipeline`."""
     for name, message in events:
         pipeline.publish(name, message)
 

@@ -29,7 +29,7 @@ import select
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 from typing import Any
@@ -88,7 +88,7 @@ class OneTripDequeue:
         queues = list(queues)
         taking = _taking(queues, job_class or Job, connection)
         while True:
-            found = bookkeeping.take(connection, taking)
+            found = bookkeeping.take(connection, taking, events.take_held())
             if not found:
                 return super().dequeue_any(
                     queues,
@@ -139,10 +139,7 @@ def _one_trip(queue_class: type[Queue]) -> type[Queue]:
 
 @dataclass
 class Attempt:
-    """The attempt this worker runs; `stop` and `cold` are set from other threads.
-
-    `task` is the leased task; `events` are those of the end that leased it (with the end
-    of the last attempt), to go out with this one's start."""
+    """The attempt this worker runs; `stop` and `cold` are set from other threads."""
 
     job: Job
     queue: Queue
@@ -150,7 +147,6 @@ class Attempt:
     stop: bool = False
     cold: bool = False
     ended_elsewhere: bool = False
-    events: list = field(default_factory=list)
 
 
 class Worker(RQWorker):
@@ -186,6 +182,7 @@ class Worker(RQWorker):
         os.set_blocking(self._wake_w, False)
         self._wake_lock = threading.Lock()
         self._registry_keys = {}
+        self._events: list[tuple[str, str]] = []  # the last attempt's events not yet sent
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         warm_up()
@@ -202,7 +199,9 @@ class Worker(RQWorker):
         (RQ's loop ends) when a stop came after RQ's check and the job is not leased yet:
         `_give_back` returns it."""
         if self._taken is None:
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            with events.held():  # the last attempt's events go out with the dequeue's pop
+                events.keep(self._unsent())
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         if self._stop_requested:  # (never while the job's attempt is in hand)
             return None
         taken, self._taken = self._taken, None
@@ -211,6 +210,11 @@ class Worker(RQWorker):
         self.log.info("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
         self.heartbeat()
         return taken
+
+    def _unsent(self) -> list[tuple[str, str]]:
+        """The last attempt's events not yet sent, for the caller to send (at once: taken)."""
+        unsent, self._events = self._events, []
+        return unsent
 
     def _give_back(self) -> None:
         """Put a job taken with the end of the last one, but not run (the worker is
@@ -224,20 +228,22 @@ class Worker(RQWorker):
         attempt, self._next = self._next, None
         if attempt is not None and attempt.task is not None:
             with events.held():
-                events.keep(attempt.events)
+                events.keep(self._unsent())
                 self._mark_started(attempt.job, attempt.queue)
                 self._end(attempt, _lost("The worker stopped before the attempt started."))
             return
-        if taken is None:
+        if taken is None and not self._events:
             return
-        job, queue = taken
         try:
             with self.connection.pipeline() as pipeline:
-                pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
-                pipeline.lpush(queue.key, job.id)
+                events.send(self._unsent(), pipeline)
+                if taken is not None:
+                    job, queue = taken
+                    pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+                    pipeline.lpush(queue.key, job.id)
                 pipeline.execute()
         except backend.RedisError as exc:
-            self.log.warning("Worker %s: could not give job %s back: %s", self.name, job.id, exc)
+            self.log.warning("Worker %s: could not give job %s back: %s", self.name, taken, exc)
 
     @property
     def dequeue_timeout(self) -> int:
@@ -391,6 +397,8 @@ class Worker(RQWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if job.func_name != backend.JOB_FUNCTION:
+            with events.held():  # the last attempt's events, sent before the fork
+                events.keep(self._unsent())
             super().execute_job(job, queue)  # RQ's way: a horse forked for this job
             return
         attempt = self._next  # leased with the end of the last one
@@ -400,8 +408,9 @@ class Worker(RQWorker):
         self._next = None
         try:
             with events.held():  # the attempt's events go out in this worker's pipelines
-                events.keep(attempt.events)
+                events.keep(self._unsent())
                 self._execute_attempt(attempt)
+                self._events = events.take_held()  # with the next start, or the dequeue's pop
         finally:
             self._running = None  # (RQ's wait for the next job marks this worker idle)
         if self._cold:
@@ -607,8 +616,6 @@ class Worker(RQWorker):
             return record_outcome(task, outcome)
         if attempt.task is None:
             self._next = None
-        else:
-            attempt.events = events.take_held()  # to go out with its start
         return WRITTEN if ended else REFUSED
 
     def _rq_superseded(self, attempt: Attempt, outcome: dict[str, Any]) -> None:

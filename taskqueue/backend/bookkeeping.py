@@ -109,7 +109,15 @@ if ARGV[12] ~= '' then return take(10, ARGV[12], ARGV[13]) end
 return false
 """
 )
-POP = TAKE + "return take(1, ARGV[1], ARGV[2])"
+# ARGV: the job key prefix and the intermediate flag (see TAKE), then (channel, message)
+# pairs to publish first.
+POP = (
+    TAKE
+    + """
+for i = 3, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+return take(1, ARGV[1], ARGV[2])
+"""
+)
 _start = Script(None, START.encode())  # EVALSHA, loading it into a Redis that lacks it
 _finish = Script(None, FINISH.encode())
 _pop = Script(None, POP.encode())
@@ -140,9 +148,11 @@ class Taking:
     intermediate: str
 
 
-def take(connection: Any, taking: Taking) -> list | None:
-    """The next job taken (see `finish`), or None when every queue is empty."""
-    return _pop(keys=list(taking.queues), args=[taking.prefix, taking.intermediate],
+def take(connection: Any, taking: Taking, events: list | None = None) -> list | None:
+    """The next job taken (see `finish`), or None when every queue is empty; `events`
+    ((channel, message) pairs) published first."""
+    return _pop(keys=list(taking.queues),
+                args=[taking.prefix, taking.intermediate, *_flat(events or [])],
                 client=connection) or None  # fmt: skip
 
 

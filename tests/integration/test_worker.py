@@ -307,6 +307,13 @@ def test_a_stop_for_the_running_attempt_marks_it_and_others_are_ignored(redis_db
     stop(task.job_id)
     assert attempt.stop
     assert os.read(worker._wake_r, 10) == b"!"
+    # the attempt in hand (leased with the end of the running one) is seen too
+    following, _ = enqueue_task("ping")
+    worker._next = in_hand = Attempt(
+        job=Job.fetch(following.job_id, connection=redis_db), queue=backend.get_queue("default")
+    )
+    stop(following.job_id)
+    assert in_hand.stop
 
 
 def test_a_warm_shutdown_swallowed_between_jobs_still_stops_the_loop(redis_db) -> None:
@@ -340,3 +347,73 @@ def test_a_warm_shutdown_swallowed_between_jobs_still_stops_the_loop(redis_db) -
         for sig, action in saved.items():  # request_stop installs RQ's cold-stop handlers
             signal.signal(sig, action)
     assert worker._stop_requested
+
+
+@pytest.mark.skipif(
+    "postgresql" not in settings.DATABASES["default"]["ENGINE"],
+    reason="on PostgreSQL both take the statement's time",
+)
+def test_a_waiting_task_is_leased_in_the_statement_that_ends_the_last(run_worker) -> None:
+    """With a job waiting, the end of one attempt and the lease of the next task are one
+    statement (one commit): the one attempt finishes at the very time the next starts."""
+    tasks = [enqueue_task("ping")[0] for _ in range(4)]
+    run_worker()
+    attempts = [Task.objects.get(pk=t.pk).attempt_set.get() for t in tasks]
+    assert all(a.outcome == "completed" for a in attempts)
+    for ended, started in zip(attempts, attempts[1:], strict=False):
+        assert ended.finished_at == started.started_at, (ended.task_id, started.task_id)
+
+
+def _in_hand(worker, redis_db) -> tuple[Task, object]:
+    """Take the next job and lease its task as the end of an attempt does (`_next`)."""
+    from taskqueue.backend import bookkeeping
+    from taskqueue.worker import Attempt, _taking
+
+    queue = backend.get_queue("default")
+    found = bookkeeping.take(redis_db, _taking([queue], Job, redis_db))
+    job, queue = worker.queue_class.taken(found, connection=redis_db)
+    worker._taken = (job, queue)
+    task = Task.objects.lease(job.args[0], dispatch=0, worker_name=worker.name, heartbeats=True)
+    worker._next = Attempt(job=job, queue=queue, task=task)
+    return task, job
+
+
+def test_a_warm_shutdown_runs_the_attempt_in_hand_first(redis_db) -> None:
+    """An attempt leased with the end of the last is in hand: its lease is committed, so a
+    warm shutdown lets RQ's loop run it (and a SIGTERM does not raise StopRequested into the
+    loop meanwhile); only then does the stop take effect."""
+    from taskqueue.worker import Worker
+
+    worker = Worker([backend.get_queue("default")], connection=redis_db)
+    worker.register_birth()
+    enqueue_task("ping")
+    _, job = _in_hand(worker, redis_db)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        worker.request_stop(15, None)  # would raise StopRequested if the worker were idle
+    finally:
+        for sig, action in saved.items():
+            signal.signal(sig, action)
+    assert worker._stopping and not worker._stop_requested
+    taken = worker.dequeue_job_and_maintain_ttl(None)  # RQ's loop asks for the next job
+    assert taken is not None and taken[0].id == job.id
+    worker._next = None  # what running it does
+    assert worker._stop_requested
+
+
+def test_an_attempt_in_hand_when_the_loop_ends_otherwise_is_ended_as_lost(redis_db) -> None:
+    """A cold shutdown (or an error) ends the loop with an attempt leased but not started:
+    it is ended as lost, retried by its policy, never left leased."""
+    from taskqueue.worker import Worker
+
+    worker = Worker([backend.get_queue("default")], connection=redis_db)
+    worker.register_birth()
+    enqueue_task("diagnostic", {"action": "succeed"}, max_attempts=2)
+    task, job = _in_hand(worker, redis_db)
+    worker._give_back()
+    task.refresh_from_db()
+    assert (task.status, task.error_code) == ("retrying", "worker_lost")
+    assert "before the attempt started" in task.error_message
+    assert task.attempt_set.get().outcome == "failed"
+    assert worker._next is None and worker._taken is None
+    assert Job.fetch(job.id, connection=redis_db).get_status() in ("scheduled", "queued")
