@@ -24,7 +24,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.timeouts import JobTimeoutException
 
-from taskqueue.backend import cutoff
+from taskqueue.backend import bookkeeping, cutoff
 from taskqueue.backend.hub import EventHub as EventHub
 from taskqueue.backend.hub import event_hub as event_hub
 from taskqueue.conf import conf
@@ -81,16 +81,34 @@ def _queue(name: str, url: str, pid: int) -> Queue:
 def dispatch(task: "Task", *, delay: int = 0, publish: Sequence[tuple[str, str]] = ()) -> None:
     """Enqueue the RQ job for the task's current dispatch; QueueUnavailable if Redis is down.
 
-    `publish`: (channel, message) events sent in the job's MULTI/EXEC (so before any event
-    of a worker that takes the job).
+    `publish`: (channel, message) events sent with the job, in the same atomic step (so
+    before any event of a worker that takes the job).
     """
+    options = job_options(task)
+    queue = get_queue(task.queue)
+    try:
+        if delay > 0:
+            queue.enqueue_in(timedelta(seconds=delay), JOB_FUNCTION, **options)
+            for name, message in publish:
+                queue.connection.publish(name, message)
+        else:  # RQ's job, written in one script call, the events after it: before any
+            # lease's event (bookkeeping.enqueue)
+            options["timeout"] = options.pop("job_timeout")
+            bookkeeping.enqueue(queue, queue.create_job(JOB_FUNCTION, **options), publish)
+    except RedisError as exc:
+        raise QueueUnavailable(f"Could not enqueue task {task.pk}: {exc}") from exc
+
+
+def job_options(task: "Task") -> dict:
+    """RQ's options (Queue.enqueue's keywords) for the job of the task's current dispatch."""
     retries = max(task.max_attempts - task.attempts - 1, 0)
     backoff = get_task_type(task.task_type).policy.backoff
-    options = {
+    return {
         "job_id": task.job_id,
         "args": (task.pk, task.dispatch),
-        # The type, for the worker to know without a read whether it may lease before
-        # forking; in the meta, which a worker of an earlier version ignores.
+        # The type, for the worker to know without a read whether it may lease the task
+        # with the end of the last (not an exclusive type); in the meta, which a worker of
+        # an earlier version ignores.
         "meta": {"task_type": task.task_type},
         "job_timeout": task.timeout,
         "result_ttl": conf.RESULT_TTL,
@@ -98,20 +116,6 @@ def dispatch(task: "Task", *, delay: int = 0, publish: Sequence[tuple[str, str]]
         "description": f"{task.task_type} #{task.pk}",
         "retry": Retry(max=retries, interval=backoff.delays(retries)) if retries else None,
     }
-    queue = get_queue(task.queue)
-    try:
-        if delay > 0:
-            queue.enqueue_in(timedelta(seconds=delay), JOB_FUNCTION, **options)
-            for name, message in publish:
-                queue.connection.publish(name, message)
-        else:  # RQ's two round trips (the queues set, then the job) in one
-            with queue.connection.pipeline() as pipeline:
-                queue.enqueue(JOB_FUNCTION, **options, pipeline=pipeline)
-                for name, message in publish:  # in the same MULTI: before any lease's event
-                    pipeline.publish(name, message)
-                pipeline.execute()
-    except RedisError as exc:
-        raise QueueUnavailable(f"Could not enqueue task {task.pk}: {exc}") from exc
 
 
 def delete_job(job_id: str) -> None:

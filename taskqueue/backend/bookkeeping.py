@@ -1,4 +1,4 @@
-"""RQ's bookkeeping of a job the worker starts and ends, each in one script call.
+"""RQ's bookkeeping of a job enqueued, started and ended, each in one script call.
 
 RQ's worker writes 15 to 20 commands when a job starts (its execution, the started
 registry, the worker's and the job's hashes) and as many when it ends (the result, the
@@ -9,6 +9,10 @@ a task (docs/performance.md). Here the values are computed once in Python and th
 are made by a script: the same keys, fields, scores and expiries RQ writes (rq 2.12, as
 tests/integration/test_bookkeeping.py checks against RQ's own code), atomic as MULTI/EXEC
 is, in one command with a dozen arguments.
+
+The enqueue (RQ's enqueue_job for a job that depends on nothing: the queues set, the
+job's hash, the queue's list, in a MULTI/EXEC of five commands) is one script too, given
+the fields RQ's own Job.to_dict makes, so the hash is RQ's whatever its version.
 
 Two differences, both on purpose: the job's hash is updated in the fields that changed
 (status, ended_at) instead of rewritten whole, and not at all when it no longer exists (a
@@ -24,6 +28,7 @@ from uuid import uuid4
 from redis.commands.core import Script
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
+from rq.queue import Queue
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.utils import now, utcformat
@@ -111,6 +116,17 @@ return false
 )
 # ARGV: the job key prefix and the intermediate flag (see TAKE), then (channel, message)
 # pairs to publish first.
+# KEYS: RQ's set of queues, the queue, the job's hash. ARGV: the job id, the number of
+# words of the job's fields that follow, those fields (name, value, ...), then (channel,
+# message) pairs to publish.
+ENQUEUE = """
+local n = tonumber(ARGV[2])
+redis.call('SADD', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[3], unpack(ARGV, 3, 2 + n))
+redis.call('RPUSH', KEYS[2], ARGV[1])
+for i = 3 + n, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+return 1
+"""
 POP = (
     TAKE
     + """
@@ -121,6 +137,7 @@ return take(1, ARGV[1], ARGV[2])
 _start = Script(None, START.encode())  # EVALSHA, loading it into a Redis that lacks it
 _finish = Script(None, FINISH.encode())
 _pop = Script(None, POP.encode())
+_enqueue = Script(None, ENQUEUE.encode())
 
 
 @dataclass(frozen=True)
@@ -146,6 +163,16 @@ class Taking:
     queues: tuple[str, ...]
     prefix: str
     intermediate: str
+
+
+def enqueue(queue: Queue, job: Job, events: list) -> None:
+    """RQ's enqueue of `job` (made by queue.create_job; no dependencies, at the back), and
+    `events` ((channel, message) pairs) published after it."""
+    job.origin, job.enqueued_at, job._status = queue.name, now(), JobStatus.QUEUED
+    fields = [word for pair in job.to_dict().items() for word in pair]
+    _enqueue(keys=[queue.redis_queues_keys, queue.key, job.key],
+             args=[job.id, len(fields), *fields, *_flat(events)],
+             client=queue.connection)  # fmt: skip
 
 
 def take(connection: Any, taking: Taking, events: list | None = None) -> list | None:

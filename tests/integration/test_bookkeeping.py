@@ -7,6 +7,7 @@ execution alike and blurring the clock (timestamps and the scores and expiries m
 them). Run against the installed RQ: an upgrade that changes its layout fails here.
 """
 
+import json
 import re
 import zlib
 from datetime import timedelta
@@ -169,3 +170,45 @@ def test_a_job_deleted_while_it_ran_is_not_written_back(redis_db) -> None:
     assert redis_db.hget(worker.key, "state") == b"idle"
     assert not redis_db.hexists(worker.key, "current_job")
     assert redis_db.hget(worker.key, "successful_job_count") == b"1"
+
+
+@pytest.mark.parametrize("task_type", ["ping", "cleanup_runs"])  # without and with retries
+def test_dispatch_writes_what_rq_s_enqueue_writes(redis_db, task_type) -> None:
+    """backend.dispatch's one script against RQ's Queue.enqueue in a pipeline (what the
+    dispatch was), for the same task: every key, the job's data included, is the same."""
+    from taskqueue import backend
+    from taskqueue.models import Task
+    from taskqueue.registry import get_task_type
+
+    spec = get_task_type(task_type)
+    task = Task.objects.create(
+        task_type=task_type, max_attempts=spec.policy.max_attempts, queue=spec.queue or "default"
+    )
+    snapshots = {}
+    for ours in (False, True):
+        redis_db.flushdb()
+        if ours:
+            backend.dispatch(task, publish=[events.created(task)])
+        else:
+            queue = backend.get_queue(task.queue)
+            with redis_db.pipeline() as pipeline:
+                queue.enqueue(backend.JOB_FUNCTION, **backend.job_options(task), pipeline=pipeline)
+                pipeline.execute()
+        job_key = f"rq:job:{task.job_id}"
+        data = zlib.decompress(redis_db.hget(job_key, "data"))
+        keys = _snapshot(redis_db, {task.job_id.encode(): b"J"}, {})
+        fields = keys[b"rq:job:J"][1]
+        if b"retry_intervals" in fields:  # the backoff's jitter: their number only
+            fields[b"retry_intervals"] = len(json.loads(fields[b"retry_intervals"]))
+        snapshots[ours] = (keys, data)
+    (rq_keys, rq_data), (our_keys, our_data) = snapshots[False], snapshots[True]
+    assert our_keys == rq_keys, _differences(our_keys, rq_keys)
+    assert our_data == rq_data
+    assert {b"rq:queues", b"rq:job:J", f"rq:queue:{task.queue}".encode()} <= set(our_keys)
+    job = Job.fetch(task.job_id, connection=redis_db)
+    assert (job.args, job.meta, job.timeout) == (
+        (task.pk, 0),
+        {"task_type": task_type},
+        task.timeout,
+    )
+    assert job.retries_left == (spec.policy.max_attempts - 1 or None)

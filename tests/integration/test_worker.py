@@ -1,5 +1,6 @@
 """The execution wrapper and worker class, run by a real forking RQ worker (burst mode)."""
 
+import itertools
 import os
 import signal
 import time
@@ -360,7 +361,7 @@ def test_a_waiting_task_is_leased_in_the_statement_that_ends_the_last(run_worker
     run_worker()
     attempts = [Task.objects.get(pk=t.pk).attempt_set.get() for t in tasks]
     assert all(a.outcome == "completed" for a in attempts)
-    for ended, started in zip(attempts, attempts[1:], strict=False):
+    for ended, started in itertools.pairwise(attempts):
         assert ended.finished_at == started.started_at, (ended.task_id, started.task_id)
 
 
