@@ -272,3 +272,35 @@ def test_complete_and_lease_of_an_exclusive_task_whose_type_runs_records_neither
     assert _stored(running) == (S.LEASED, 1, ["running"])
     assert _stored(waiting) == (S.QUEUED, 0, [])
     assert running.complete(attempt=1, result={}) is True  # the end alone, as the worker does
+
+
+def test_the_insert_stores_every_field_given_set_or_left_empty(django_user_model) -> None:
+    """The enqueue's INSERT writes a field left None as NULL in the statement itself (one
+    statement per set of empty fields): each kind of new task reads back as it was made."""
+    user = django_user_model.objects.create_user("asker")
+    earlier = Task.objects.create(task_type="ping")
+    moment = timezone.now().replace(microsecond=0) + timedelta(minutes=5)
+    made = [
+        Task.objects.add(task_type="ping", payload={}),
+        Task.objects.add(
+            task_type="cleanup_runs",
+            payload={"max_age_hours": 1},
+            max_attempts=3,
+            timeout=9,
+            priority=1,
+            queue="high",
+            next_attempt_at=moment,
+            dedup_key="k" * 64,
+            exclusive=True,
+            requested_by=user,
+            source="api",
+            retry_of=earlier,
+        ),
+        Task.objects.add(task_type="ping", payload={"n": 1}, requested_by=user),
+    ]
+    fields = [f.attname for f in Task._meta.concrete_fields if f.attname not in ("id",)]
+    for task in made:
+        stored = Task.objects.get(pk=task.pk)
+        assert {f: getattr(stored, f) for f in fields} == {f: getattr(task, f) for f in fields}
+    assert Task.objects.get(pk=made[1].pk).next_attempt_at == moment
+    assert Task.objects.get(pk=made[0].pk).result is None
