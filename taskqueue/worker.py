@@ -2,21 +2,25 @@
 
 For each job of a task the worker (this process) does everything but run the handler:
 
-0. takes the job: the pop and the read of its hash in one round trip (OneTripDequeue);
+0. takes the job: the pop and the read of its hash in one round trip (OneTripDequeue), or
+   in the script that ended the last job (step 5);
 1. the lease: queued/retrying → leased, one statement (an exclusive type's unique index
-   refuses a second leased task of the type: the task is deferred);
+   refuses a second leased task of the type: the task is deferred), unless the task was
+   leased with the end of the last attempt (step 5: the attempt is then in hand);
 2. hands the task to its long-lived work horse (taskqueue.horse) and, while the horse
    runs it, writes RQ's bookkeeping of a started job (execution, started registry,
-   heartbeats) with the lease's event in one pipeline;
+   heartbeats) with the pending events in one script;
 3. waits for the outcome, heartbeating RQ and the task row (`heartbeat_at`, which also
    brings back a stop asked for while pub/sub was down) every JOB_MONITORING_INTERVAL;
 4. decides, alone, how the attempt ended: the horse's report if it wrote one (a stop or a
    timeout that comes after it loses), else stopped, timed out (killed at the timeout plus
    HORSE_KILL_GRACE), shut down or lost (the horse died);
-5. records that end on the task, then tells RQ the same (finished, retried, failed or
-   stopped).
+5. records that end. Completed: RQ first (one script, which takes the next job), then the
+   row, in the statement that also leases the next job's task when it may (one commit);
+   otherwise the row first, then RQ (retried, failed or stopped).
 
-A warm shutdown (SIGTERM) finishes the job in hand, from the dequeue on. A stop is a
+A warm shutdown (SIGTERM) finishes the job in hand, from the dequeue on (or from the lease
+with the last end). A stop is a
 command on the worker's pub/sub channel, handled in RQ's pub/sub thread: it
 only marks the running attempt and wakes this loop. Jobs of other functions (the cron
 jobs) run RQ's way, in a horse forked for the job.
