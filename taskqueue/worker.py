@@ -50,7 +50,6 @@ from rq.worker import WorkerStatus
 from taskqueue import backend, events
 from taskqueue.backend import bookkeeping
 from taskqueue.conf import conf
-from taskqueue.exceptions import UnknownTaskType
 from taskqueue.execution import (
     COMPLETED,
     REFUSED,
@@ -226,21 +225,47 @@ class Worker(RQWorker):
         dispatches the task again (backend.job_states: a queued job in no queue).
 
         If its task was leased too (the loop ended otherwise than by a warm shutdown: a
-        cold one, an error), that attempt is ended as lost, never started: retried under
-        its policy. If this worker dies first, the reconciler ends it (a silent lease)."""
+        cold one, an error), that lease is taken back first (`_put_back`)."""
         taken, self._taken = self._taken, None
         attempt, self._next = self._next, None
-        if attempt is not None and attempt.task is not None:
-            with events.held():
-                events.keep(self._unsent())
-                self._mark_started(attempt.job, attempt.queue)
-                self._end(attempt, _lost("The worker stopped before the attempt started."))
+        if attempt is not None:
+            self._put_back(attempt)
             return
+        self._push_back(taken)
+
+    def _put_back(self, attempt: Attempt) -> None:
+        """An attempt in hand that will not run: its lease is taken back (the task as it
+        was: Task.release) and its job put back at the head of its queue; a stop asked for
+        it ends it `stopped` instead. If the database fails here, or the lease's outcome is
+        unknown (an error came between the statement and its result), the job is left out
+        of its queue: the reconciler ends the silent lease, or dispatches the task again."""
+        with events.held():
+            events.keep(self._unsent())
+            if attempt.task is None:
+                self.log.warning("Worker %s: job %s left to the reconciler", self.name,
+                                 attempt.job.id)  # fmt: skip
+                return
+            try:
+                released = not attempt.stop and attempt.task.release(attempt=attempt.task.attempts)
+            except DatabaseError as exc:
+                close_connections()
+                self.log.warning("Worker %s: could not release task %s: %s", self.name,
+                                 attempt.task.pk, exc)  # fmt: skip
+                return
+            if released:
+                self._push_back((attempt.job, attempt.queue))
+                return
+            self._mark_started(attempt.job, attempt.queue)
+            self._end(attempt, _interrupted(attempt))  # stopped, or lost
+
+    def _push_back(self, taken: tuple[Job, Queue] | None) -> None:
+        """Put a taken job back at the head of its queue, with the events not yet sent."""
         if taken is None and not self._events:
             return
         try:
             with self.connection.pipeline() as pipeline:
                 events.send(self._unsent(), pipeline)
+                events.send_held(pipeline)
                 if taken is not None:
                     job, queue = taken
                     pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
@@ -343,7 +368,9 @@ class Worker(RQWorker):
     def handle_payload(self, message: Any) -> None:
         payload = parse_payload(message)
         if payload.get("command") == "stop-job":
-            for attempt in (self._running, self._next):  # running, or in hand
+            # in hand, or running (in that order: execute_job sets `_running` before it
+            # clears `_next`, so one of the two reads sees the attempt)
+            for attempt in (self._next, self._running):
                 if attempt is not None and attempt.job.id == payload.get("job_id"):
                     attempt.stop = True
                     self._wake()
@@ -406,7 +433,11 @@ class Worker(RQWorker):
             super().execute_job(job, queue)  # RQ's way: a horse forked for this job
             return
         attempt = self._next  # leased with the end of the last one
-        if attempt is None or attempt.job.id != job.id:
+        if attempt is not None and attempt.job.id != job.id:  # (RQ's loop runs it first)
+            self._next = None
+            self._put_back(attempt)
+            attempt = None
+        if attempt is None:
             attempt = Attempt(job=job, queue=queue)
         self._running = attempt  # stops count from here
         self._next = None
@@ -578,8 +609,14 @@ class Worker(RQWorker):
         statement when it may be leased now (one commit; its attempt is then in hand,
         `_next`). Should this worker die between the two, the reconciler copies RQ's
         outcome to the row (a finished job whose lease went silent)."""
-        task = attempt.task
-        self._rq_finished(attempt.job, attempt.queue, outcome["result"])
+        task, job, queue = attempt.task, attempt.job, attempt.queue
+        if job.get_result_ttl(self.default_result_ttl) == 0:  # RQ deletes the job at its end:
+            if record_outcome(task, outcome) == REFUSED:  # the row first, or nothing would
+                self._rq_superseded(attempt, outcome)  # tell the reconciler it completed
+            else:
+                self._rq_finished(job, queue, outcome["result"])
+            return
+        self._rq_finished(job, queue, outcome["result"])
         self._next = self._in_hand()  # before the lease: a stop for it is then seen
         if self._next is None:
             written = record_outcome(task, outcome)
@@ -595,12 +632,12 @@ class Worker(RQWorker):
         if self._taken is None or self._stopping or self._cold:
             return None
         job, queue = self._taken
-        if job.func_name != backend.JOB_FUNCTION:
-            return None
         try:
+            if job.func_name != backend.JOB_FUNCTION:
+                return None
             if get_task_type(job.meta.get("task_type", "")).policy.exclusive:
                 return None
-        except UnknownTaskType:
+        except Exception:  # an unknown type, a job that does not unpickle: leased on its own
             return None
         return Attempt(job=job, queue=queue)
 

@@ -31,6 +31,7 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
+from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
 
@@ -77,7 +78,8 @@ return 1
 
 # KEYS: the worker's hash, the job's hash, the job's results, the finished registry, the
 # execution's hash, the started registry, the job's executions, the job's dependents and
-# its dependencies (as RQ names them), then the queues to take the next job from.
+# its dependencies (as RQ names them), RQ's suspension flag (no job is taken while it is
+# set), then the queues to take the next job from.
 # ARGV: the working time (seconds), ended_at (ISO), the result TTL, the finished score, the
 # worker's name, the result (RQ's serialized form), the execution id, its start and end
 # (Unix seconds), the started registry's member, the job id, the job key prefix ("" to
@@ -110,7 +112,9 @@ redis.call('ZREM', KEYS[6], ARGV[10])
 redis.call('ZREM', KEYS[7], ARGV[7])
 redis.call('HSET', KEYS[1], 'state', 'idle')
 for i = 14, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
-if ARGV[12] ~= '' then return take(10, ARGV[12], ARGV[13]) end
+if ARGV[12] ~= '' and redis.call('EXISTS', KEYS[10]) == 0 then
+  return take(11, ARGV[12], ARGV[13])
+end
 return false
 """
 )
@@ -214,14 +218,16 @@ def finish(
     """RQ's end of a job that succeeded (its handle_job_success, for a job without
     dependents that does not repeat, kept for `result_ttl` seconds, -1 for ever: not 0),
     `job.ended_at` set by the caller; with `take`, the next job taken in the same step
-    ([queue key, job id, the job's hash as a flat list], or None if there was none)."""
+    ([queue key, job id, the job's hash as a flat list], or None if there was none, or if
+    the workers are suspended: `rq suspend` then stops the worker after this job)."""
     ended = job.ended_at
     value = b64encode(job.serializer.dumps(result)).decode()
     started = execution.created_at.timestamp() if execution else ""
     taken = _finish(
         keys=[worker.key, job.key, Result.get_key(job.id), keys.finished,
               execution.key if execution else "", keys.started, _executions_key(job),
-              job.dependents_key, job.dependencies_key, *(take.queues if take else ())],
+              job.dependents_key, job.dependencies_key, WORKERS_SUSPENDED,
+              *(take.queues if take else ())],
         args=[(ended - job.started_at).total_seconds(), utcformat(ended), result_ttl,
               int(ended.timestamp()) + result_ttl, worker.name, value,
               execution.id if execution else "", started, ended.timestamp(),

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connections, models
+from django.db import connections, models, transaction
 from django.db.models import F, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
@@ -305,6 +305,34 @@ class Task(models.Model):
             setattr(self, name, value)
         events.task_changed(self)
         return True
+
+    def release(self, *, attempt: int) -> bool:
+        """leased → queued (retrying, due now, after a failed attempt), taking back the
+        lease of attempt `attempt` whose handler never started: its row is deleted and the
+        count goes back, as if it had not been leased (a worker stopping with an attempt
+        leased for it with the end of its last). Not once a stop was asked for: the caller
+        ends it stopped instead."""
+        now = timezone.now()
+        later = models.Case(models.When(attempts__gt=1, then=models.Value(now)), default=None)
+        with transaction.atomic():
+            released = Task.objects.filter(
+                pk=self.pk, status=self.Status.LEASED, attempts=attempt,
+                stop_requested_at__isnull=True,
+            ).update(
+                status=models.Case(
+                    models.When(attempts__gt=1, then=models.Value(self.Status.RETRYING)),
+                    default=models.Value(self.Status.QUEUED),
+                ),
+                attempts=F("attempts") - 1,
+                started_at=models.Case(models.When(attempts__gt=1, then=F("started_at"))),
+                next_attempt_at=later, leased_at=None, heartbeat_at=None, updated_at=now,
+            )  # fmt: skip
+            if released:
+                TaskAttempt.objects.filter(task_id=self.pk, number=attempt).delete()
+        if released:
+            self.refresh_from_db()
+            events.task_changed(self)
+        return bool(released)
 
     def cancel(self, *, by: Any = None) -> bool:
         """queued/retrying → cancelled, before any worker took it."""

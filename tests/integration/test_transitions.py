@@ -304,3 +304,38 @@ def test_the_insert_stores_every_field_given_set_or_left_empty(django_user_model
         assert {f: getattr(stored, f) for f in fields} == {f: getattr(task, f) for f in fields}
     assert Task.objects.get(pk=made[1].pk).next_attempt_at == moment
     assert Task.objects.get(pk=made[0].pk).result is None
+
+
+def test_release_takes_back_a_lease_as_if_it_had_not_been_taken() -> None:
+    task = make(S.QUEUED)
+    task.lease(dispatch=0, worker_name="w")
+    assert task.release(attempt=1) is True
+    stored = Task.objects.get(pk=task.pk)
+    assert (stored.status, stored.attempts, stored.started_at, stored.leased_at) == (
+        S.QUEUED, 0, None, None,
+    )  # fmt: skip
+    assert not stored.attempt_set.exists()
+    assert task.release(attempt=1) is False  # not leased any more
+    assert task.lease(dispatch=0, worker_name="w") == 1  # and leased again as before
+
+
+def test_release_after_a_failed_attempt_leaves_it_retrying_due_now() -> None:
+    task = make(S.QUEUED)
+    task.lease(dispatch=0, worker_name="w")
+    task.fail(attempt=1, error_code="exception", error_message="x", retry_at=later())
+    first_start = Task.objects.get(pk=task.pk).started_at
+    task.lease(dispatch=0, worker_name="w")
+    assert task.release(attempt=2) is True
+    stored = Task.objects.get(pk=task.pk)
+    assert (stored.status, stored.attempts, stored.started_at) == (S.RETRYING, 1, first_start)
+    assert stored.next_attempt_at is not None and stored.next_attempt_at <= timezone.now()
+    assert list(stored.attempt_set.values_list("number", "outcome")) == [(1, "failed")]
+
+
+def test_release_refuses_once_a_stop_was_asked_for_or_for_another_attempt() -> None:
+    task = make(S.QUEUED)
+    task.lease(dispatch=0, worker_name="w")
+    assert task.release(attempt=2) is False
+    task.request_stop()
+    assert task.release(attempt=1) is False
+    assert Task.objects.get(pk=task.pk).status == S.LEASED

@@ -402,19 +402,73 @@ def test_a_warm_shutdown_runs_the_attempt_in_hand_first(redis_db) -> None:
     assert worker._stop_requested
 
 
-def test_an_attempt_in_hand_when_the_loop_ends_otherwise_is_ended_as_lost(redis_db) -> None:
+def test_an_attempt_in_hand_when_the_loop_ends_otherwise_is_released(run_worker, redis_db) -> None:
     """A cold shutdown (or an error) ends the loop with an attempt leased but not started:
-    it is ended as lost, retried by its policy, never left leased."""
+    its lease is taken back (the task queued as before, no attempt spent) and its job is at
+    the head of its queue again; a new worker runs it."""
     from taskqueue.worker import Worker
 
     worker = Worker([backend.get_queue("default")], connection=redis_db)
     worker.register_birth()
-    enqueue_task("diagnostic", {"action": "succeed"}, max_attempts=2)
-    task, job = _in_hand(worker, redis_db)
+    task, _ = enqueue_task("ping")
+    later, _ = enqueue_task("ping")
+    leased, job = _in_hand(worker, redis_db)
+    assert leased.pk == task.pk
     worker._give_back()
     task.refresh_from_db()
-    assert (task.status, task.error_code) == ("retrying", "worker_lost")
-    assert "before the attempt started" in task.error_message
-    assert task.attempt_set.get().outcome == "failed"
+    assert (task.status, task.attempts, task.started_at) == ("queued", 0, None)
+    assert not task.attempt_set.exists()
     assert worker._next is None and worker._taken is None
-    assert Job.fetch(job.id, connection=redis_db).get_status() in ("scheduled", "queued")
+    queue = backend.get_queue("default")
+    assert queue.get_job_ids() == [job.id, later.job_id]
+    run_worker()
+    task.refresh_from_db()
+    assert (task.status, task.attempts) == ("completed", 1)
+
+
+def test_an_attempt_in_hand_whose_stop_was_asked_ends_stopped_when_the_loop_ends(
+    redis_db,
+) -> None:
+    from taskqueue.worker import Worker
+
+    worker = Worker([backend.get_queue("default")], connection=redis_db)
+    worker.register_birth()
+    enqueue_task("ping")
+    task, _ = _in_hand(worker, redis_db)
+    task.request_stop()
+    worker._next.stop = True
+    worker._give_back()
+    task.refresh_from_db()
+    assert (task.status, task.error_code) == ("cancelled", "stopped")
+    assert task.attempt_set.get().outcome == "stopped"
+
+
+def test_no_job_is_taken_with_an_end_while_workers_are_suspended(redis_db) -> None:
+    """`rq suspend` stops a worker after its job: the end's script takes no next job (which
+    would be leased in hand and run, and so on while work keeps coming)."""
+    from rq.suspension import resume, suspend
+
+    from taskqueue.backend import bookkeeping
+    from taskqueue.worker import Worker, _taking
+
+    queue = backend.get_queue("default")
+    enqueue_task("ping")
+    second, _ = enqueue_task("ping")
+    worker = Worker([queue], connection=redis_db)
+    worker.register_birth()
+    found = bookkeeping.take(redis_db, _taking([queue], Job, redis_db))
+    job, queue = worker.queue_class.taken(found, connection=redis_db)
+    worker._mark_started(job, queue)
+    job.ended_at = job.started_at
+    job._result = {}
+    suspend(redis_db)
+    try:
+        taking = _taking([queue], Job, redis_db)
+        taken = bookkeeping.finish(
+            worker, job, keys=worker._keys(queue), result_ttl=60, result={},
+            execution=worker.execution, events=[], take=taking,
+        )  # fmt: skip
+    finally:
+        resume(redis_db)
+    assert taken is None
+    assert queue.get_job_ids() == [second.job_id]
