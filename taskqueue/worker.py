@@ -81,8 +81,11 @@ class OneTripDequeue:
     the read of the job's hash, bookkeeping.take).
 
     Only when no queue has a job does it fall back to RQ's blocking wait (BLPOP or BLMOVE,
-    then a fetch of the job).
+    then a fetch of the job). `events_to_send` ((channel, message) pairs the worker has not
+    sent yet: its last attempt's) are published by that first script.
     """
+
+    events_to_send: list[tuple[str, str]] = []
 
     @classmethod
     def dequeue_any(cls, queues: Any, timeout: int | None, *, connection: Any,
@@ -91,7 +94,8 @@ class OneTripDequeue:
         queues = list(queues)
         taking = _taking(queues, job_class or Job, connection)
         while True:
-            found = bookkeeping.take(connection, taking, events.take_held())
+            pending, cls.events_to_send = cls.events_to_send, []
+            found = bookkeeping.take(connection, taking, pending)
             if not found:
                 return super().dequeue_any(
                     queues,
@@ -201,10 +205,9 @@ class Worker(RQWorker):
         """The job taken with the end of the last one, if any; else RQ's dequeue. None
         (RQ's loop ends) when a stop came after RQ's check and the job is not leased yet:
         `_give_back` returns it."""
-        if self._taken is None:
-            with events.held():  # the last attempt's events go out with the dequeue's pop
-                events.keep(self._unsent())
-                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        if self._taken is None:  # the last attempt's events go out with the dequeue's pop
+            self.queue_class.events_to_send = self._unsent()
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         if self._stop_requested:  # (never while the job's attempt is in hand)
             return None
         taken, self._taken = self._taken, None
@@ -215,9 +218,11 @@ class Worker(RQWorker):
         return taken
 
     def _unsent(self) -> list[tuple[str, str]]:
-        """The last attempt's events not yet sent, for the caller to send (at once: taken)."""
+        """The last attempt's events not yet sent, for the caller to send (at once: taken),
+        with any a dequeue did not get to send."""
         unsent, self._events = self._events, []
-        return unsent
+        left, self.queue_class.events_to_send = self.queue_class.events_to_send, []
+        return left + unsent
 
     def _give_back(self) -> None:
         """Put a job taken with the end of the last one, but not run (the worker is
