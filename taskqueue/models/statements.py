@@ -172,16 +172,20 @@ def lease(task_id: int, dispatch: int, worker_name: str, *, heartbeats: bool) ->
         "beats": heartbeats,
         "worker": worker_name[:200],
     }
-    first, second = _lease_sql(connection.vendor)
-    atomic = transaction.atomic(using=alias, savepoint=False) if second else nullcontext()
-    with atomic, connection.cursor() as cursor:
+    row = _run_pair(connection, *_lease_sql(connection.vendor), params)
+    return None if row is None else _task_from_row(alias, row)
+
+
+def _run_pair(connection: Any, first: str, second: str, params: dict[str, Any]) -> Any:
+    """Run `first` (prepared where it can be) and, if it returned a row, `second` (the
+    second statement SQLite needs; '' on PostgreSQL), in one transaction: the first's row."""
+    atomic = transaction.atomic(using=connection.alias, savepoint=False) if second else None
+    with atomic or nullcontext(), connection.cursor() as cursor:
         _execute(connection, cursor, first, params)
         row = cursor.fetchone()
         if row is not None and second:
             cursor.execute(second, params)
-    if row is None:
-        return None
-    return _task_from_row(alias, row)
+    return row
 
 
 # The times an attempt's end takes from the database's clock (on PostgreSQL).
@@ -201,14 +205,8 @@ def end_attempt(
     alias = router.db_for_write(task_model)
     connection = connections[alias]
     names = tuple(sorted(values))
-    task_sql, attempt_sql = _end_sql(connection.vendor, names)
     params = _end_params(connection, task_id, number, values, outcome=outcome, now=now)
-    atomic = transaction.atomic(using=alias, savepoint=False) if attempt_sql else nullcontext()
-    with atomic, connection.cursor() as cursor:
-        _execute(connection, cursor, task_sql, params)
-        row = cursor.fetchone()
-        if row is not None and attempt_sql:
-            cursor.execute(attempt_sql, params)
+    row = _run_pair(connection, *_end_sql(connection.vendor, names), params)
     return None if row is None else _end_stamps(connection, values, row[1:])
 
 
