@@ -82,7 +82,8 @@ class OneTripDequeue:
 
     Only when no queue has a job does it fall back to RQ's blocking wait (BLPOP or BLMOVE,
     then a fetch of the job). `events_to_send` ((channel, message) pairs the worker has not
-    sent yet: its last attempt's) are published by that first script.
+    sent yet: its last attempt's) are published by that first script, unless the worker
+    sends them first in a call of its own (Worker._unsent).
     """
 
     events_to_send: list[tuple[str, str]] = []
@@ -189,7 +190,6 @@ class Worker(RQWorker):
         os.set_blocking(self._wake_w, False)
         self._wake_lock = threading.Lock()
         self._registry_keys = {}
-        self._events: list[tuple[str, str]] = []  # the last attempt's events not yet sent
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         warm_up()
@@ -205,8 +205,7 @@ class Worker(RQWorker):
         """The job taken with the end of the last one, if any; else RQ's dequeue. None
         (RQ's loop ends) when a stop came after RQ's check and the job is not leased yet:
         `_give_back` returns it."""
-        if self._taken is None:  # the last attempt's events go out with the dequeue's pop
-            self.queue_class.events_to_send = self._unsent()
+        if self._taken is None:  # (the last attempt's events go out with the dequeue's pop)
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         if self._stop_requested:  # (never while the job's attempt is in hand)
             return None
@@ -218,11 +217,10 @@ class Worker(RQWorker):
         return taken
 
     def _unsent(self) -> list[tuple[str, str]]:
-        """The last attempt's events not yet sent, for the caller to send (at once: taken),
-        with any a dequeue did not get to send."""
-        unsent, self._events = self._events, []
-        left, self.queue_class.events_to_send = self.queue_class.events_to_send, []
-        return left + unsent
+        """The last attempt's events not yet sent (they wait for the next dequeue's pop),
+        for the caller to send in its own Redis call instead."""
+        unsent, self.queue_class.events_to_send = self.queue_class.events_to_send, []
+        return unsent
 
     def _give_back(self) -> None:
         """Put a job taken with the end of the last one, but not run (the worker is
@@ -265,7 +263,7 @@ class Worker(RQWorker):
 
     def _push_back(self, taken: tuple[Job, Queue] | None) -> None:
         """Put a taken job back at the head of its queue, with the events not yet sent."""
-        if taken is None and not self._events:
+        if taken is None and not self.queue_class.events_to_send:
             return
         try:
             with self.connection.pipeline() as pipeline:
@@ -450,7 +448,8 @@ class Worker(RQWorker):
             with events.held():  # the attempt's events go out in this worker's pipelines
                 events.keep(self._unsent())
                 self._execute_attempt(attempt)
-                self._events = events.take_held()  # with the next start, or the dequeue's pop
+                # the rest go with the next start, or the next dequeue's pop
+                self.queue_class.events_to_send = events.take_held()
         finally:
             self._running = None  # (RQ's wait for the next job marks this worker idle)
         if self._cold:
@@ -597,13 +596,17 @@ class Worker(RQWorker):
             self._stopped_job_id = job.id  # RQ marks the job stopped
             self._rq_failed(job, queue, "Stopped on request.", retry=False)
             return
-        if outcome["status"] == COMPLETED:
+        # A completion tells RQ first, unless RQ keeps no result (it deletes the job: the
+        # reconciler would have nothing to copy if this worker died before the row).
+        if outcome["status"] == COMPLETED and job.get_result_ttl(self.default_result_ttl):
             self._complete(attempt, outcome)
             return
         delay = job.get_retry_interval() if job.should_retry else None
         retry_at = retry_at_for(task, outcome, delay)
         if record_outcome(task, outcome, retry_at=retry_at) == REFUSED:
             self._rq_superseded(attempt, outcome)
+        elif outcome["status"] == COMPLETED:
+            self._rq_finished(job, queue, outcome["result"])
         else:
             retried = retry_at is not None and task.status == Task.Status.RETRYING
             self._rq_failed(job, queue, outcome.get("traceback", ""), retry=retried)
@@ -614,14 +617,8 @@ class Worker(RQWorker):
         statement when it may be leased now (one commit; its attempt is then in hand,
         `_next`). Should this worker die between the two, the reconciler copies RQ's
         outcome to the row (a finished job whose lease went silent)."""
-        task, job, queue = attempt.task, attempt.job, attempt.queue
-        if job.get_result_ttl(self.default_result_ttl) == 0:  # RQ deletes the job at its end:
-            if record_outcome(task, outcome) == REFUSED:  # the row first, or nothing would
-                self._rq_superseded(attempt, outcome)  # tell the reconciler it completed
-            else:
-                self._rq_finished(job, queue, outcome["result"])
-            return
-        self._rq_finished(job, queue, outcome["result"])
+        task = attempt.task
+        self._rq_finished(attempt.job, attempt.queue, outcome["result"])
         self._next = self._in_hand()  # before the lease: a stop for it is then seen
         if self._next is None:
             written = record_outcome(task, outcome)

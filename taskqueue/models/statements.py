@@ -233,10 +233,8 @@ def end_attempt_and_lease(
     params = _end_params(connection, task_id, number, values, outcome=outcome, now=now)
     params |= {"n_id": lease_id, "n_dispatch": lease_dispatch, "beats": True,
                "worker": worker_name[:200]}  # fmt: skip
-    with connection.cursor() as cursor:
-        _execute(connection, cursor, _end_and_lease_sql(names), params)
-        row = cursor.fetchone()
-    stamped = len([name for name in STAMPED_AT_END if name in values])
+    row = _run_pair(connection, _end_and_lease_sql(names), "", params)
+    stamped = len(_end_stamped_columns(names))
     ended, leased = row[: 1 + stamped], row[1 + stamped :]
     stamps = None if ended[0] is None else _end_stamps(connection, values, ended[1:])
     return stamps, None if leased[0] is None else _task_from_row(alias, leased)
@@ -304,7 +302,7 @@ def _end_parts(vendor: str, names: tuple[str, ...]) -> tuple[str, str]:
     assignments = ", ".join(
         f'"{columns[name]}" = {now if name in stamped else f"%(v_{name})s"}' for name in names
     )
-    returning = ", ".join(["id", *(f'"{columns[name]}"' for name in stamped)])
+    returning = ", ".join(["id", *(_end_stamped_columns(names) if stamped else ())])
     update = (
         f"UPDATE {task} SET {assignments}"
         f" WHERE id = %(id)s AND status = 'leased' AND attempts = %(number)s RETURNING {returning}"

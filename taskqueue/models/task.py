@@ -312,27 +312,27 @@ class Task(models.Model):
         count goes back, as if it had not been leased (a worker stopping with an attempt
         leased for it with the end of its last). Not once a stop was asked for: the caller
         ends it stopped instead."""
-        now = timezone.now()
-        later = models.Case(models.When(attempts__gt=1, then=models.Value(now)), default=None)
-        with transaction.atomic():
-            released = Task.objects.filter(
-                pk=self.pk, status=self.Status.LEASED, attempts=attempt,
-                stop_requested_at__isnull=True,
-            ).update(
-                status=models.Case(
-                    models.When(attempts__gt=1, then=models.Value(self.Status.RETRYING)),
-                    default=models.Value(self.Status.QUEUED),
-                ),
-                attempts=F("attempts") - 1,
-                started_at=models.Case(models.When(attempts__gt=1, then=F("started_at"))),
-                next_attempt_at=later, leased_at=None, heartbeat_at=None, updated_at=now,
-            )  # fmt: skip
-            if released:
-                TaskAttempt.objects.filter(task_id=self.pk, number=attempt).delete()
-        if released:
-            self.refresh_from_db()
-            events.task_changed(self)
-        return bool(released)
+        later = models.Case(
+            models.When(attempts__gt=1, then=models.Value(timezone.now())), default=None
+        )
+        values = {
+            "status": models.Case(
+                models.When(attempts__gt=1, then=models.Value(self.Status.RETRYING)),
+                default=models.Value(self.Status.QUEUED),
+            ),
+            "attempts": F("attempts") - 1,
+            "started_at": models.Case(models.When(attempts__gt=1, then=F("started_at"))),
+            "next_attempt_at": later,
+            "leased_at": None,
+            "heartbeat_at": None,
+        }
+        with transaction.atomic():  # (its event goes out on commit, with the row as stored)
+            match = {"attempts": attempt, "stop_requested_at__isnull": True}
+            if not self._transition((self.Status.LEASED,), values, **match):
+                return False
+            TaskAttempt.objects.filter(task_id=self.pk, number=attempt).delete()
+            self.refresh_from_db()  # the values the database worked out
+        return True
 
     def cancel(self, *, by: Any = None) -> bool:
         """queued/retrying → cancelled, before any worker took it."""

@@ -74,3 +74,23 @@ def test_a_new_task_is_announced_once_queued_or_run_inline(redis_db, settings, q
     enqueue_task("ping")
     expected = ["queued"] if queued else ["queued", "leased", "completed"]
     assert received(pubsub) == expected
+
+
+def test_a_stream_s_events_ride_on_the_worker_s_scripts_each_once_in_order(run_worker) -> None:
+    """Through a worker that ends one attempt and leases the next in one statement, each
+    task's `leased` and `completed` go out (with the next start's script, or the pop of
+    the dequeue that finds the queues empty): all of them, once each, in order."""
+    pubsub = backend.get_connection().pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe(f"{events.CHANNEL_PREFIX}*")
+    pubsub.get_message(timeout=1)
+    tasks = [enqueue_task("ping")[0] for _ in range(5)]
+    run_worker()
+    seen: dict[int, list[str]] = {task.pk: [] for task in tasks}
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.05)
+        if message:
+            event = json.loads(message["data"])
+            seen[event["task_id"]].append(event["status"])
+    assert seen == {task.pk: ["queued", "leased", "completed"] for task in tasks}
+    assert all(a.finished_at for t in tasks for a in Task.objects.get(pk=t.pk).attempt_set.all())
