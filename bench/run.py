@@ -30,6 +30,7 @@ from scripts.embedded_redis import embedded_redis  # noqa: E402
 
 PYTHON = sys.executable
 RESULTS = ROOT / "bench" / "results"
+PING = "ping task (mirrored)"
 
 
 def log(message: str) -> None:
@@ -110,7 +111,8 @@ class Bench:
             command += ["--worker-class", worker_class]
         started = [self.start(command, f"worker-{n}") for n in range(count)]
         deadline = time.monotonic() + 60
-        while len(Worker.all(connection=backend.get_connection())) < count:
+        pids = {process.pid for process in started}  # not a stopped one's leftover record
+        while not pids <= {w.pid for w in Worker.all(connection=backend.get_connection())}:
             if time.monotonic() > deadline:
                 raise RuntimeError("workers did not start")
             time.sleep(0.1)
@@ -253,7 +255,7 @@ class Bench:
 
     # What each throughput run starts and runs: (kind of worker, its option).
     THROUGHPUT_KINDS = {
-        "ping task (mirrored)": ("rq", None),
+        PING: ("rq", None),
         "raw RQ no-op, forking Worker": ("rq", "rq.worker.Worker"),
         "raw RQ no-op, SimpleWorker": ("rq", "rq.worker.SimpleWorker"),
         "Celery prefork + django-celery-results": ("celery", None),
@@ -261,10 +263,15 @@ class Bench:
     }
 
     def throughput(self) -> dict:
+        """Every kind drains `count` jobs, round after round, each kind in turn on workers
+        started for it (the order reversed every other round): a slow spell of the machine
+        falls on all kinds alike, and each kind's ratio to `ping` is the median of the
+        rounds' ratios, measured side by side."""
         from django.db import connection
 
         count = 500 if self.quick else 2000
-        results: dict = {"tasks": count}
+        rounds = 3 if self.quick else 5
+        results: dict = {"tasks": count, "rounds": rounds}
         try:
             import bench.celery_app  # noqa: F401
         except ImportError:
@@ -272,35 +279,56 @@ class Bench:
             celery = False
         else:
             celery = True
+        kinds = {k: v for k, v in self.THROUGHPUT_KINDS.items() if celery or v[0] != "celery"}
         for n in self.worker_counts:
-            for kind, (engine, option) in self.THROUGHPUT_KINDS.items():
-                if engine == "celery" and not celery:
-                    continue
-                if engine == "rq":
-                    workers = self.workers(n, worker_class=option)
-                else:
-                    workers = self.celery_workers(n, reuse_max=option)
-                runs, costs = [], []
-                for _ in range(self.repeats):
-                    self.clear_results()
-                    before = self.counters()
-                    cpu_before = self.cpu(workers)
-                    started = time.perf_counter()
-                    self.drain(kind, count)
-                    runs.append(count / (time.perf_counter() - started))
-                    cpu = self.cpu_per_task(cpu_before, self.cpu(workers), count)
-                    time.sleep(1.2)  # PostgreSQL publishes its counters about every second
-                    costs.append({**self.per_task(before, self.counters(), count), **cpu})
+            runs: dict[str, list[float]] = {kind: [] for kind in kinds}
+            costs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+            log(f"2. throughput, {n} workers: {', '.join(kinds)}")
+            for round_ in range(rounds):
+                order = list(kinds) if round_ % 2 == 0 else list(kinds)[::-1]
+                for kind in order:
+                    rate, cost = self.throughput_run(kind, n, count)
+                    runs[kind].append(rate)
+                    costs[kind].append(cost)
+                log(f"2. throughput, {n} workers, round {round_ + 1}/{rounds}: "
+                    + ", ".join(f"{runs[kind][-1]:.0f}" for kind in kinds) + " tasks/s")  # fmt: skip
+            ping = runs[PING]
+            for kind in kinds:
                 results.setdefault(kind, {})[n] = {
-                    "tasks_per_s": statistics.median(runs),
-                    "runs": [round(r, 1) for r in runs],
-                    **{k: statistics.median(c[k] for c in costs) for k in costs[0]},
+                    "tasks_per_s": statistics.median(runs[kind]),
+                    "runs": [round(r, 1) for r in runs[kind]],
+                    # ping's rate over this kind's, round by round
+                    "ping_ratio": round(
+                        statistics.median(a / b for a, b in zip(ping, runs[kind], strict=True)), 3
+                    ),
+                    **{k: statistics.median(c[k] for c in costs[kind]) for k in costs[kind][0]},
                 }
-                log(f"2. throughput: {kind}, {n} workers: {statistics.median(runs):.0f}/s")
-                for worker in workers:
-                    self.stop(worker)
         results["database"] = connection.vendor
         return results
+
+    def throughput_run(self, kind: str, n: int, count: int) -> tuple[float, dict]:
+        """One drain of `count` jobs of `kind` on `n` workers started for it (and warmed
+        up: horses forked, statements prepared); its rate and its costs per task."""
+        engine, option = self.THROUGHPUT_KINDS[kind]
+        if engine == "rq":
+            workers = self.workers(n, worker_class=option)
+        else:
+            workers = self.celery_workers(n, reuse_max=option)
+        try:
+            self.clear_results()
+            self.drain(kind, 20 * n)
+            self.clear_results()
+            before = self.counters()
+            cpu_before = self.cpu(workers)
+            started = time.perf_counter()
+            self.drain(kind, count)
+            rate = count / (time.perf_counter() - started)
+            cpu = self.cpu_per_task(cpu_before, self.cpu(workers), count)
+            time.sleep(1.2)  # PostgreSQL publishes its counters about every second
+            return rate, {**self.per_task(before, self.counters(), count), **cpu}
+        finally:
+            for worker in workers:
+                self.stop(worker)
 
     def clear_results(self) -> None:
         from django.db import connection
@@ -514,7 +542,7 @@ class Bench:
             "web_rss_mib": [round(web_rest / 2**20, 1), round(web_after / 2**20, 1)],
         }
 
-    TASK_KINDS = ("ping task (mirrored)", "@task no-op (django.tasks backend)")
+    TASK_KINDS = (PING, "@task no-op (django.tasks backend)")
 
     def django_tasks(self) -> dict:
         """`ping` and a `@task` no-op through the django.tasks backend, interleaved batches
@@ -845,12 +873,18 @@ PARTS = ("cpu_bench_ms", "cpu_workers_ms", "cpu_postgres_ms", "cpu_redis_ms")
 def throughput_markdown(thr: dict) -> list[str]:
     kinds = [k for k in Bench.THROUGHPUT_KINDS if k in thr]
     counts = sorted({n for k in kinds for n in thr[k]}, key=int)
-    ping = thr["ping task (mirrored)"]
+    ping = thr[PING]
     out = [
         "",
         f"### 2. End-to-end throughput ({thr['tasks']} tasks, enqueue to last completed)",
         "",
-        "Tasks a second (median); the mirrored `ping` against each reference, same run:",
+        (
+            f"Tasks a second (median of {thr['rounds']} rounds, each kind in turn in every"
+            " round); in brackets, the mirrored `ping` against each reference: the median of"
+            " the rounds' ratios, side by side:"
+            if "rounds" in thr
+            else "Tasks a second (median); the mirrored `ping` against each reference, same run:"
+        ),
         "",
         "| workers | " + " | ".join(kinds) + " |",
         "|---|" + "---|" * len(kinds),
@@ -861,10 +895,11 @@ def throughput_markdown(thr: dict) -> list[str]:
             rate = thr[kind].get(n, {}).get("tasks_per_s")
             if rate is None:
                 cells.append("—")
-            elif kind == "ping task (mirrored)":
+            elif kind == PING:
                 cells.append(f"**{rate:.0f}**")
             else:
-                cells.append(f"{rate:.0f} (ping {ping[n]['tasks_per_s'] / rate:.2f}×)")
+                ratio = thr[kind][n].get("ping_ratio") or ping[n]["tasks_per_s"] / rate
+                cells.append(f"{rate:.0f} (ping {ratio:.2f}×)")
         out.append(f"| {n} | " + " | ".join(cells) + " |")
     out += [
         "",

@@ -127,33 +127,53 @@ class Task(models.Model):
     )
     progress_message = models.CharField(max_length=200, blank=True)
 
+    # These three are mostly empty: indexed only where set (Meta.indexes), so that an
+    # enqueue and each change of status write no index entry for them.
     requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+", db_index=False,
+    )  # fmt: skip
     cancelled_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+", db_index=False,
+    )  # fmt: skip
     source = models.CharField(max_length=100, blank=True, help_text="api, admin, shell, schedule:N")
     retry_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
-    )
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries",
+        db_index=False,
+    )  # fmt: skip
 
     objects = TaskQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # Every change of status writes a new row version into each index whose condition
+        # it meets (status is indexed, so none of these updates is HOT): the indexes of
+        # columns that are mostly empty are partial, leaving the empty rows out.
         indexes = [
             models.Index(fields=["-created_at"], name="taskqueue_task_created"),
             models.Index(fields=["status", "-id"], name="taskqueue_task_status"),
             models.Index(fields=["task_type", "-id"], name="taskqueue_task_type"),
-            models.Index(fields=["finished_at"], name="taskqueue_task_finished"),
+            models.Index(
+                fields=["finished_at"],
+                condition=Q(finished_at__isnull=False),
+                name="taskqueue_task_finished",
+            ),
             models.Index(fields=["status", "finished_at"], name="taskqueue_task_status_finished"),
             models.Index(fields=["task_type", "status"], name="taskqueue_task_type_status"),
+            *(
+                models.Index(
+                    fields=[name],
+                    condition=Q(**{f"{name}__isnull": False}),
+                    name=f"taskqueue_task_{name}",
+                )
+                for name in ("requested_by", "cancelled_by", "retry_of")
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
                 fields=["dedup_key"],
-                condition=Q(status__in=["queued", "leased", "retrying"]),
+                condition=Q(dedup_key__isnull=False, status__in=["queued", "leased", "retrying"]),
                 name="taskqueue_task_one_active_per_dedup_key",
             ),
             models.UniqueConstraint(
@@ -430,7 +450,10 @@ class TaskAttempt(models.Model):
         FAILED = "failed", "Failed"
         STOPPED = "stopped", "Stopped"
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="attempt_set")
+    # Looked up by the unique index (task, number): no index of its own.
+    task = models.ForeignKey(
+        Task, on_delete=models.CASCADE, related_name="attempt_set", db_index=False
+    )
     number = models.PositiveIntegerField()
     outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.RUNNING)
     started_at = models.DateTimeField(default=timezone.now)
