@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
 
-from redis.commands.core import Script
 from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -34,6 +33,8 @@ from rq.results import Result
 from rq.suspension import WORKERS_SUSPENDED
 from rq.utils import now, utcformat
 from rq.worker import WorkerStatus
+
+from taskqueue.backend.wire import Script
 
 # Take the first job of the first queue that has one (KEYS from `first` on), moved into
 # its intermediate list when `intermediate` is '1' (as RQ does for a worker of one queue),
@@ -138,10 +139,10 @@ for i = 3, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
 return take(1, ARGV[1], ARGV[2])
 """
 )
-_start = Script(None, START.encode())  # EVALSHA, loading it into a Redis that lacks it
-_finish = Script(None, FINISH.encode())
-_pop = Script(None, POP.encode())
-_enqueue = Script(None, ENQUEUE.encode())
+_start = Script(START)  # EVALSHA, loading it into a Redis that lacks it (wire.Script)
+_finish = Script(FINISH)
+_pop = Script(POP)
+_enqueue = Script(ENQUEUE)
 
 
 @dataclass(frozen=True)
