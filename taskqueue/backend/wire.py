@@ -10,14 +10,18 @@ the command in one pass and sends it on a connection this thread keeps for our s
 alone, made by the client's pool (so with its settings, its FailFast checks and its health
 checks), outside the pool's list.
 
-The behaviour a caller sees is redis-py's: the reply as redis-py parses it, a script that
-Redis lacks loaded and called again (NOSCRIPT), a connection that was dropped (Redis
-restarted, say) made anew and the call sent once more, and any other error raised as the
-RedisError it is, the connection closed so that no reply is left half read on it.
+What a caller sees is what redis-py's pool gives it: the reply as redis-py parses it, a
+script that Redis lacks loaded and called again (NOSCRIPT), a connection that Redis closed
+while it was idle (a restart, say) found before the call and made anew, as the pool's check
+does, and a connection that failed before the command was sent made anew and the call sent
+on it. A call whose reply is lost after it was sent is never sent again (Redis may have run
+it): the error is raised, as is any other, and the connection closed on any error other than
+Redis's own reply, so that no reply is left unread on it for the next call to take.
 """
 
 import os
 import threading
+import time
 from hashlib import sha1
 from typing import Any
 
@@ -25,6 +29,11 @@ import redis
 from redis.exceptions import NoScriptError
 
 _held = threading.local()
+os.register_at_fork(after_in_child=lambda: _held.__dict__.pop("connections", None))
+
+# A connection idle for longer than this is checked before a call, as the pool checks every
+# connection it hands out: for a close by Redis (EOF) or a reply left unread.
+IDLE_CHECK_SECONDS = 1.0
 
 
 class Script:
@@ -50,15 +59,25 @@ class Script:
             connection = _connection(client)
             try:
                 connection.send_packed_command([packed])
-                return connection.read_response()
+            except redis.ConnectionError:  # nothing reached Redis: on a new connection
+                connection.disconnect()
+                if attempt:
+                    raise
+                continue
+            try:
+                reply = connection.read_response()
             except NoScriptError:
                 if attempt == 2:
                     raise
                 client.script_load(self.source)
-            except redis.ConnectionError:
+                continue
+            except redis.ResponseError:  # Redis's own reply, read whole
+                raise
+            except BaseException:  # even a timeout raised by a signal between the two
                 connection.disconnect()
-                if attempt:  # once again on a new connection, as redis-py's retry would
-                    raise
+                raise
+            connection.wire_used_at = time.monotonic()
+            return reply
         raise AssertionError("not reached")
 
 
@@ -82,4 +101,11 @@ def _connection(client: redis.Redis) -> Any:
     connection = held.get(key)
     if connection is None:  # with the pool's settings, outside its list and count
         connection = held[key] = pool.connection_class(**pool.connection_kwargs)
+        connection.wire_used_at = 0.0
+    elif time.monotonic() - connection.wire_used_at > IDLE_CHECK_SECONDS:
+        try:
+            if connection.can_read(timeout=0):  # a reply nobody read: start afresh
+                connection.disconnect()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):  # closed by Redis
+            connection.disconnect()
     return connection

@@ -1,6 +1,7 @@
 """Our scripts' calls (taskqueue.backend.wire) behave as redis-py's Script calls do."""
 
 import os
+import select
 
 import pytest
 import redis
@@ -48,13 +49,57 @@ def test_a_script_redis_lacks_is_loaded_and_called_again(redis_db) -> None:
     assert script(keys=[], args=[], client=redis_db) == 7
 
 
-def test_a_dropped_connection_is_made_anew_and_the_call_sent_once_more(redis_db) -> None:
+def test_a_connection_redis_closed_while_idle_is_made_anew_before_the_call(
+    redis_db, monkeypatch
+) -> None:
+    monkeypatch.setattr(wire, "IDLE_CHECK_SECONDS", 0.0)  # every call finds it idle
     first = _client_id(redis_db)
     redis_db.client_kill_filter(_id=first)  # as a restarted Redis drops every client
     script = wire.Script("return redis.call('INCR', KEYS[1])")
     assert script(keys=["counter"], args=[], client=redis_db) == 1
-    assert redis_db.get("counter") == b"1"  # sent once on the new connection, not twice
+    assert redis_db.get("counter") == b"1"
     assert _client_id(redis_db) != first
+
+
+def test_a_call_whose_reply_is_lost_is_not_sent_again(redis_db) -> None:
+    script = wire.Script("return redis.call('INCR', KEYS[1])")
+    script(keys=["counter"], args=[], client=redis_db)  # loaded, connected
+    connection = wire._connection(redis_db)
+    original = connection.read_response
+
+    def lost(**kwargs):
+        original(**kwargs)  # Redis ran it; its reply never arrives
+        connection.read_response = original  # once: a call sent again would succeed
+        raise redis.ConnectionError("Connection closed by server.")
+
+    connection.read_response = lost
+    try:
+        with pytest.raises(redis.ConnectionError):
+            script(keys=["counter"], args=[], client=redis_db)
+    finally:
+        vars(connection).pop("read_response", None)
+    assert redis_db.get("counter") == b"2"  # run once for that call, not twice
+
+
+class _Interrupted(BaseException):
+    """As a signal handler's exception (a job's timeout) raised between send and read."""
+
+
+def test_a_call_interrupted_before_its_reply_leaves_no_reply_for_the_next(redis_db) -> None:
+    echo = wire.Script("return ARGV[1]")
+    echo(keys=[], args=["warm"], client=redis_db)
+    connection = wire._connection(redis_db)
+
+    def interrupted(**kwargs):
+        raise _Interrupted
+
+    connection.read_response = interrupted
+    try:
+        with pytest.raises(_Interrupted):
+            echo(keys=[], args=["first"], client=redis_db)
+    finally:
+        del connection.read_response
+    assert echo(keys=[], args=["second"], client=redis_db) == b"second"
 
 
 def test_an_error_is_raised_as_redis_py_raises_it_and_the_connection_stays_usable(redis_db) -> None:
@@ -76,7 +121,8 @@ def test_a_forked_child_calls_on_a_connection_of_its_own(redis_db) -> None:
             os.write(write, b"0")
         os._exit(0)
     os.close(write)
-    child = int(os.read(read, 64) or b"0")
+    readable, _, _ = select.select([read], [], [], 10)
+    child = int(os.read(read, 64) or b"0") if readable else 0
     os.close(read)
     os.waitpid(pid, 0)
     assert child not in (0, parent)
