@@ -878,18 +878,13 @@ PARTS = ("cpu_bench_ms", "cpu_workers_ms", "cpu_postgres_ms", "cpu_redis_ms")
 def throughput_markdown(thr: dict) -> list[str]:
     kinds = [k for k in Bench.THROUGHPUT_KINDS if k in thr]
     counts = sorted({n for k in kinds for n in thr[k]}, key=int)
-    ping = thr[PING]
     out = [
         "",
         f"### 2. End-to-end throughput ({thr['tasks']} tasks, enqueue to last completed)",
         "",
-        (
-            f"Tasks a second (median of {thr['rounds']} rounds, each kind in turn in every"
-            " round); in brackets, the mirrored `ping` against each reference: the median of"
-            " the rounds' ratios, side by side:"
-            if "rounds" in thr
-            else "Tasks a second (median); the mirrored `ping` against each reference, same run:"
-        ),
+        f"Tasks a second (median of {thr['rounds']} rounds, each kind in turn in every round);"
+        " in brackets, the mirrored `ping` against each reference: the median of the rounds'"
+        " ratios, side by side:",
         "",
         "| workers | " + " | ".join(kinds) + " |",
         "|---|" + "---|" * len(kinds),
@@ -903,8 +898,7 @@ def throughput_markdown(thr: dict) -> list[str]:
             elif kind == PING:
                 cells.append(f"**{rate:.0f}**")
             else:
-                ratio = thr[kind][n].get("ping_ratio") or ping[n]["tasks_per_s"] / rate
-                cells.append(f"{rate:.0f} (ping {ratio:.2f}×)")
+                cells.append(f"{rate:.0f} (ping {thr[kind][n]['ping_ratio']:.2f}×)")
         out.append(f"| {n} | " + " | ".join(cells) + " |")
     out += [
         "",
