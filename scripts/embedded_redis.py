@@ -8,7 +8,6 @@ stops the server when COMMAND ends. With REDIS_URL already set, just runs COMMAN
 import argparse
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import shutil
 import signal
@@ -24,13 +23,15 @@ VAR_DIR = Path(os.environ.get("VAR_DIR") or ROOT / "var")
 PR_SET_PDEATHSIG = 1
 
 
+# Bound here, in the parent: a preexec_fn runs between fork and exec, where looking a library
+# up (ctypes.util.find_library runs ldconfig in a subprocess) has no business.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def die_with_parent() -> None:
     """preexec_fn: the child gets SIGTERM when the process that started it dies (Linux)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # not Linux: the parent's own cleanup still stops the children
+    with contextlib.suppress(AttributeError):  # not Linux: the parent's cleanup still stops them
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def redis_server_binary() -> str:

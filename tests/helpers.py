@@ -43,6 +43,15 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     }
 
 
+def command_line(process: psutil.Process) -> str | None:
+    """A process's command line, or None once it has exited (a zombie not yet reaped by its
+    parent, such as the horse of a cron job just done, has none left to read)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.NoSuchProcess:  # ZombieProcess is one
+        return None
+
+
 def stop_process_group(process: subprocess.Popen, timeout: float = 10) -> None:
     """SIGTERM the group, then SIGKILL it and every descendant (RQ's work horses run in
     process groups of their own)."""

@@ -38,7 +38,15 @@ from taskqueue.exceptions import InvalidTransition
 from taskqueue.models import Task
 from taskqueue.services import CANCELLED, STOPPING, cancel_task, enqueue_task, reconcile_tasks
 from tests.e2e.test_fault_drills import FAST
-from tests.helpers import ROOT, free_port, http_status, stop_process_group, subprocess_env, wait_for
+from tests.helpers import (
+    ROOT,
+    command_line,
+    free_port,
+    http_status,
+    stop_process_group,
+    subprocess_env,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -1045,7 +1053,7 @@ def test_race9_ctrl_c_on_make_run_leaves_no_work_horse_behind():
         processes = [psutil.Process(launcher.pid), *psutil.Process(launcher.pid).children(True)]
         if horse not in processes:
             processes.append(horse)
-        described = {p.pid: " ".join(p.cmdline())[:80] for p in processes}
+        described = {p.pid: (command_line(p) or "(exited)")[:80] for p in processes}
         os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         interrupted = time.monotonic()
         _, left = psutil.wait_procs(processes, timeout=30)
