@@ -4,15 +4,46 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
+from taskqueue.schema import Build, Concurrently, DropFieldIndex
+
+# On PostgreSQL: the new indexes first (a replaced one beside the old, then swapped in), then
+# the foreign keys' own indexes dropped; all CONCURRENTLY, so that tasks are enqueued, run
+# and read while it runs (taskqueue.schema). The marker tells a built index from the old one.
+PARTIAL = "CREATE INDEX CONCURRENTLY {name} ON taskqueue_task ({column}) WHERE {column} IS NOT NULL"
+ON_POSTGRESQL = [
+    *(
+        Build(f"taskqueue_task_{name}", PARTIAL.format(name="{name}", column=column),
+              f"WHERE ({column} IS NOT NULL)")
+        for name, column in (
+            ("finished", "finished_at"),
+            ("requested_by", "requested_by_id"),
+            ("cancelled_by", "cancelled_by_id"),
+            ("retry_of", "retry_of_id"),
+        )
+    ),
+    Build(
+        "taskqueue_task_one_active_per_dedup_key",
+        "CREATE UNIQUE INDEX CONCURRENTLY {name} ON taskqueue_task (dedup_key)"
+        " WHERE dedup_key IS NOT NULL AND status IN ('queued', 'leased', 'retrying')",
+        "(dedup_key IS NOT NULL)",
+    ),
+    DropFieldIndex("taskqueue_task", "requested_by_id"),
+    DropFieldIndex("taskqueue_task", "cancelled_by_id"),
+    DropFieldIndex("taskqueue_task", "retry_of_id"),
+    DropFieldIndex("taskqueue_taskattempt", "task_id"),
+]  # fmt: skip
+
 
 class Migration(migrations.Migration):
+
+    atomic = False  # PostgreSQL builds an index concurrently only outside a transaction
 
     dependencies = [
         ('taskqueue', '0004_attempt_owner'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
-    operations = [
+    operations = [Concurrently(operations=[
         migrations.RemoveConstraint(
             model_name='task',
             name='taskqueue_task_one_active_per_dedup_key',
@@ -61,4 +92,4 @@ class Migration(migrations.Migration):
             model_name='task',
             constraint=models.UniqueConstraint(condition=models.Q(('dedup_key__isnull', False), ('status__in', ['queued', 'leased', 'retrying'])), fields=('dedup_key',), name='taskqueue_task_one_active_per_dedup_key'),
         ),
-    ]
+    ], steps=ON_POSTGRESQL)]
