@@ -16,7 +16,8 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connections
@@ -30,8 +31,10 @@ from taskqueue.registry import get_task_type
 
 logger = logging.getLogger(__name__)
 
-# Pauses between tries of the write that ends an attempt, riding out a short outage.
+# Pauses between tries of a worker's write that must get through (an end, or the check of an
+# unconfirmed lease), riding out a short outage.
 RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0)
+T = TypeVar("T")
 
 COMPLETED = "completed"
 FAILED = "failed"
@@ -88,20 +91,36 @@ REFUSED = "refused"  # the attempt had already ended elsewhere: the outcome is s
 NOT_WRITTEN = "not written"  # the database stayed unreachable
 
 
-def record_outcome(task: Task, outcome: dict[str, Any], *, retry_at: Any = None) -> str:
+def record_outcome(
+    task: Task, outcome: dict[str, Any], *, retry_at: Any = None, unconfirmed: bool = False
+) -> str:
     """End attempt `task.attempts` with `outcome` (retrying at `retry_at`, if given).
 
     WRITTEN; REFUSED if the attempt had already ended (the reconciler judged its worker
     gone: this late outcome must be recorded nowhere); NOT_WRITTEN if the database stayed
     unreachable (the reconciler will end the attempt, from RQ's copy of the outcome).
+    `unconfirmed`: the caller's own statement that wrote this end may have committed (see
+    `_record`).
     """
     number = task.attempts
     try:
         if outcome["status"] == COMPLETED:
-            written = _record(task.complete, attempt=number, result=outcome["result"])
+            confirm = partial(task.ended_as, attempt=number, status=Task.Status.COMPLETED)
+            written = _record(
+                task.complete, confirm, unconfirmed, attempt=number, result=outcome["result"]
+            )
         else:
+            confirm = partial(
+                task.ended_as,
+                attempt=number,
+                status=Task.Status.RETRYING if retry_at else Task.Status.FAILED,
+                error_code=outcome["error_code"],
+                error_message=outcome["error_message"],
+            )
             written = _record(
                 task.fail,
+                confirm,
+                unconfirmed,
                 attempt=number,
                 error_code=outcome["error_code"],
                 error_message=outcome["error_message"],
@@ -123,16 +142,30 @@ def retry_at_for(task: Task, outcome: dict[str, Any], delay: int | None) -> Any:
     return timezone.now() + timedelta(seconds=delay)
 
 
-def _record(write: Callable[..., bool], **values: Any) -> bool:
-    for delay in (*RECORD_RETRY_DELAYS, None):
+def retried(call: Callable[[bool], T]) -> T:
+    """`call(again)`, tried again while the database is unreachable (RECORD_RETRY_DELAYS);
+    `again`: an earlier try raised, after its statement may have been sent."""
+    delays, again = iter(RECORD_RETRY_DELAYS), False
+    while True:
         try:
-            return write(**values)
+            return call(again)
         except (OperationalError, InterfaceError):
+            delay = next(delays, None)
             if delay is None:
                 raise
+            again = True
             close_connections()
             time.sleep(delay)
-    return False
+
+
+def _record(
+    write: Callable[..., bool], confirm: Callable[[], bool], unconfirmed: bool, **values: Any
+) -> bool:
+    """`write(**values)`, retried. A try that raised may have committed all the same (the
+    connection dropped after the statement was sent): a refusal after such a try is the
+    end's own if `confirm()` finds it in the row, and then it counts as written (else the end
+    looks like the reconciler's, and RQ would never hear of it)."""
+    return retried(lambda again: write(**values) or ((again or unconfirmed) and confirm()))
 
 
 def run_task(task_id: int, dispatch: int = 0) -> dict[str, Any]:

@@ -38,7 +38,14 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    transaction,
+)
 from rq.command import parse_payload
 from rq.job import Job
 from rq.queue import Queue
@@ -57,6 +64,7 @@ from taskqueue.execution import (
     close_connections,
     defer,
     record_outcome,
+    retried,
     retry_at_for,
     skip,
     validate,
@@ -498,9 +506,13 @@ class Worker(RQWorker):
             return False
         except DatabaseError as exc:
             close_connections()
-            self._mark_started(job, queue)
-            self._rq_failed(job, queue, f"Could not lease task {task_id}: {exc}", retry=False)
-            return False
+            if isinstance(exc, OperationalError | InterfaceError):  # it may have committed
+                attempt.task = self._leased_all_the_same(task_id, dispatch)
+            if attempt.task is None:
+                self._mark_started(job, queue)
+                self._rq_failed(job, queue, f"Could not lease task {task_id}: {exc}", retry=False)
+                return False
+            return True
         if attempt.task is None:
             self._mark_started(job, queue)
             self._rq_finished(job, queue, skip(task_id, dispatch))
@@ -652,14 +664,31 @@ class Worker(RQWorker):
                 attempt=task.attempts, result=outcome["result"], next_task=task_id,
                 dispatch=dispatch, worker_name=self.name,
             )  # fmt: skip
-        except DatabaseError as exc:  # an exclusive row's conflict, or the database away
-            if not isinstance(exc, IntegrityError):
-                close_connections()
+        except IntegrityError:  # an exclusive row's conflict: neither was written
             self._next = None  # leased on its own, as any job
             return record_outcome(task, outcome)
+        except DatabaseError:  # the database away, or the reply lost: both may have committed
+            close_connections()
+            written = record_outcome(task, outcome, unconfirmed=True)
+            if written == WRITTEN:
+                attempt.task = self._leased_all_the_same(task_id, dispatch)
+            if attempt.task is None:
+                self._next = None  # leased on its own, as any job
+            return written
         if attempt.task is None:
             self._next = None
         return WRITTEN if ended else REFUSED
+
+    def _leased_all_the_same(self, task_id: int, dispatch: int) -> Task | None:
+        """After a lease whose statement raised: the task, if the database committed the
+        lease all the same (the connection dropped before its reply); else None."""
+        try:
+            return retried(
+                lambda _: Task.objects.leased_to(task_id, dispatch=dispatch, worker_name=self.name)
+            )
+        except DatabaseError:
+            close_connections()
+            return None
 
     def _rq_superseded(self, attempt: Attempt, outcome: dict[str, Any]) -> None:
         """The attempt was ended elsewhere: the reconciler judged this worker gone (it was

@@ -55,6 +55,23 @@ class TaskQuerySet(models.QuerySet):
             events.task_changed(task)
         return task
 
+    def leased_to(self, task_id: int, *, dispatch: int, worker_name: str) -> "Task | None":
+        """The task, if its running attempt is leased to `worker_name` for `dispatch`: the
+        check of a lease whose commit went unconfirmed (the connection dropped after the
+        statement was sent), which is the worker's own if the database committed it. Its
+        change is then sent, as by the lease."""
+        task = self.filter(
+            pk=task_id,
+            status=Task.Status.LEASED,
+            dispatch=dispatch,
+            attempt_set__number=models.F("attempts"),
+            attempt_set__worker_name=worker_name[:200],
+            attempt_set__outcome=TaskAttempt.Outcome.RUNNING,
+        ).first()
+        if task is not None:
+            events.task_changed(task)
+        return task
+
     def add(self, **fields: Any) -> "Task":
         """`create()` in one prepared INSERT: the enqueue path's (no save() or signals)."""
         task = Task(**fields)
@@ -258,6 +275,29 @@ class Task(models.Model):
         if status == self.Status.RETRYING:
             self._cancel_if_stop_requested()
         return True
+
+    def ended_as(
+        self, *, attempt: int, status: str, error_code: str = "", error_message: str = ""
+    ) -> bool:
+        """Whether attempt `attempt` ended as an end with `status` and this error writes it:
+        the check of an end whose commit went unconfirmed (the connection dropped after the
+        statement was sent, so the database may have committed it, and the end tried again
+        is refused). If so, this instance is refreshed and its change sent, as by the end
+        itself (a retry whose stop was asked for is then cancelled, as `fail` does)."""
+        _, outcome, _ = self._end_values(status, {})
+        ended = TaskAttempt.objects.filter(
+            task_id=self.pk,
+            number=attempt,
+            outcome=outcome,
+            error_code=error_code,
+            error_message=error_message[:MESSAGE_LIMIT],
+        ).exists()
+        if ended:
+            self.refresh_from_db()
+            events.task_changed(self)
+            if self.status == self.Status.RETRYING:
+                self._cancel_if_stop_requested()
+        return ended
 
     # What an attempt that ended by itself clears: a stop asked for lost the race to it.
     STOP_LOST = {"stop_requested_at": None, "cancelled_by": None}

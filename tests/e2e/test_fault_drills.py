@@ -269,6 +269,81 @@ def test_a_database_outage_during_a_task_leaves_nothing_stuck(worker_process):
         proxy.close()
 
 
+@pytest.fixture
+def lossy_database():
+    """A proxy to PostgreSQL that can lose a reply (CuttableProxy.lose_reply_to), and the
+    URL a worker reaches the test database by through it."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the drill loses a reply of PostgreSQL's on its way (CI runs it)")
+    s = connection.settings_dict
+    proxy = CuttableProxy((s["HOST"] or "127.0.0.1", int(s["PORT"] or 5432)))
+    try:
+        yield proxy, f"postgres://{s['USER']}@127.0.0.1:{proxy.port}/{s['NAME']}"
+    finally:
+        proxy.close()
+
+
+def attempts_of(task: Task) -> list[tuple[str, str]]:
+    return list(task.attempt_set.order_by("number").values_list("outcome", "error_code"))
+
+
+# The database commits a worker's statement and the connection drops before the worker
+# reads the reply. The worker tries again, and the row already shows what it wrote, so the
+# conditional statement refuses it: that refusal must be known for the worker's own write.
+
+
+def test_an_end_committed_but_its_reply_lost_is_known_for_the_worker_s_own(
+    worker_process, lossy_database
+):
+    """Taken for the reconciler's end, it left RQ's job unfinished: a task `retrying` that
+    nothing would ever run again."""
+    proxy, url = lossy_database
+    proxy.lose_reply_to(b"diagnostic failure on request")  # the first attempt's end
+    task, _ = enqueue_task("diagnostic", {"action": "fail"}, max_attempts=2)
+    worker_process(DATABASE_URL=url, **FAST)
+    wait_for(proxy.reply_lost.is_set, timeout=30)
+    reconcile_until(lambda: status_of(task) in Task.TERMINAL_STATUSES, timeout=20)
+    task.refresh_from_db()
+    assert (task.status, task.attempts) == ("failed", 2)
+    assert attempts_of(task) == [("failed", "exception"), ("failed", "exception")]
+
+
+def test_a_lease_committed_but_its_reply_lost_still_runs_the_task(worker_process, lossy_database):
+    """Taken for a lease that failed, the job was failed in RQ and the leased attempt left to
+    the reconciler, which ended it lost: a task that never ran, failed."""
+    proxy, url = lossy_database
+    name = f"lease-reply-lost-{os.getpid()}"
+    proxy.lose_reply_to(name.encode())  # the lease names its worker
+    task, _ = enqueue_task("ping", max_attempts=1)
+    worker_process(name=name, DATABASE_URL=url, **FAST)
+    wait_for(proxy.reply_lost.is_set, timeout=30)
+    reconcile_until(lambda: status_of(task) in Task.TERMINAL_STATUSES, timeout=20)
+    task.refresh_from_db()
+    assert (task.status, task.attempts) == ("completed", 1), task.error_message
+    assert attempts_of(task) == [("completed", "")]
+
+
+def test_an_end_and_next_lease_committed_but_their_reply_lost_run_the_next_task(
+    worker_process, lossy_database
+):
+    """One statement ends an attempt and leases the task of the job taken with that end.
+    Its reply lost, the worker let the leased task go and took its job as a new one, whose
+    lease was refused (the task was leased already): a task leased that nobody ran, until
+    the reconciler ended it lost."""
+    proxy, url = lossy_database
+    proxy.lose_reply_to(b'"pong": true')  # the first ping's end, with the second's lease
+    first, second = (enqueue_task("ping", max_attempts=1)[0] for _ in range(2))
+    worker_process(DATABASE_URL=url, **FAST)
+    wait_for(proxy.reply_lost.is_set, timeout=30)
+    reconcile_until(
+        lambda: {status_of(first), status_of(second)} <= set(Task.TERMINAL_STATUSES), timeout=20
+    )
+    for task in (first, second):
+        task.refresh_from_db()
+        assert (task.status, task.attempts) == ("completed", 1), task.error_message
+        assert attempts_of(task) == [("completed", "")]
+
+
 def test_cancel_racing_with_start_never_runs_a_cancelled_task(worker_process):
     worker_process()
     worker_process()
