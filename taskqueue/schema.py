@@ -11,12 +11,13 @@ whether it is done, so a migration that was interrupted (killed, a deadlock, a l
 connection) is simply run again; the invalid index an interrupted build leaves is dropped
 and built again. Elsewhere (SQLite) the operations run as they are.
 
-The migration that uses it must say `atomic = False`: PostgreSQL builds an index
-concurrently only outside a transaction.
+The migration that uses it must not be atomic on PostgreSQL, which builds an index
+concurrently only outside a transaction: `atomic = connection.vendor != "postgresql"` keeps
+it one transaction elsewhere. Going back runs Django's operations, in one transaction.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from django.db import transaction
@@ -32,6 +33,9 @@ class Build:
     sql: str  # "CREATE [UNIQUE] INDEX CONCURRENTLY {name} ON ...": {name} is filled in
     marker: str
 
+    def deconstruct(self) -> tuple[str, tuple, dict[str, Any]]:  # for the migration writer
+        return f"{__name__}.{type(self).__qualname__}", (), asdict(self)
+
 
 @dataclass(frozen=True)
 class DropFieldIndex:
@@ -39,6 +43,8 @@ class DropFieldIndex:
 
     table: str
     column: str
+
+    deconstruct = Build.deconstruct
 
 
 class Concurrently(Operation):
@@ -64,12 +70,16 @@ class Concurrently(Operation):
     def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any,
                           to_state: Any) -> None:  # fmt: skip
         if schema_editor.connection.vendor != "postgresql":
-            with transaction.atomic(using=schema_editor.connection.alias):
-                for operation in self.operations:
-                    state = from_state.clone()
-                    operation.state_forwards(app_label, state)
-                    operation.database_forwards(app_label, schema_editor, from_state, state)
-                    from_state = state
+            for operation in self.operations:
+                state = from_state.clone()
+                operation.state_forwards(app_label, state)
+                operation.database_forwards(app_label, schema_editor, from_state, state)
+                from_state = state
+            return
+        models = {operation.model_name_lower for operation in self.operations}
+        alias = schema_editor.connection.alias
+        if not any(self.allow_migrate_model(alias, to_state.apps.get_model(app_label, name))
+                   for name in models):  # fmt: skip
             return
         for step in self.steps:
             if isinstance(step, Build):
@@ -87,9 +97,10 @@ class Concurrently(Operation):
             before[operation] = to_state
             to_state = to_state.clone()
             operation.state_forwards(app_label, to_state)
-        for operation in reversed(self.operations):
-            from_state, to_state = to_state, before[operation]
-            operation.database_backwards(app_label, schema_editor, from_state, to_state)
+        with transaction.atomic(using=schema_editor.connection.alias):  # all or nothing
+            for operation in reversed(self.operations):
+                from_state, to_state = to_state, before[operation]
+                operation.database_backwards(app_label, schema_editor, from_state, to_state)
 
 
 def _build(schema_editor: Any, step: Build) -> None:

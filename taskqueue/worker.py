@@ -513,6 +513,8 @@ class Worker(RQWorker):
                 self._rq_failed(job, queue, f"Could not lease task {task_id}: {exc}", retry=False)
                 return False
             return True
+        if attempt.task is None:  # refused: unless a statement of ours leased it unconfirmed
+            attempt.task = self._leased_all_the_same(task_id, dispatch)
         if attempt.task is None:
             self._mark_started(job, queue)
             self._rq_finished(job, queue, skip(task_id, dispatch))
@@ -669,19 +671,16 @@ class Worker(RQWorker):
             return record_outcome(task, outcome)
         except DatabaseError:  # the database away, or the reply lost: both may have committed
             close_connections()
-            written = record_outcome(task, outcome, unconfirmed=True)
-            if written == WRITTEN:
-                attempt.task = self._leased_all_the_same(task_id, dispatch)
-            if attempt.task is None:
-                self._next = None  # leased on its own, as any job
-            return written
+            self._next = None  # leased on its own, as any job (its lease finds it ours, if so)
+            return record_outcome(task, outcome, unconfirmed=True)
         if attempt.task is None:
             self._next = None
         return WRITTEN if ended else REFUSED
 
     def _leased_all_the_same(self, task_id: int, dispatch: int) -> Task | None:
-        """After a lease whose statement raised: the task, if the database committed the
-        lease all the same (the connection dropped before its reply); else None."""
+        """After a lease refused or whose statement raised: the task, if a statement of this
+        worker's leased it for `dispatch` all the same, its reply lost (this lease's, or that
+        of the end that leased it with the last attempt's); else None."""
         try:
             return retried(
                 lambda _: Task.objects.leased_to(task_id, dispatch=dispatch, worker_name=self.name)

@@ -2,7 +2,7 @@
 
 import django.db.models.deletion
 from django.conf import settings
-from django.db import migrations, models
+from django.db import connection, migrations, models
 
 from taskqueue.schema import Build, Concurrently, DropFieldIndex
 
@@ -36,7 +36,9 @@ ON_POSTGRESQL = [
 
 class Migration(migrations.Migration):
 
-    atomic = False  # PostgreSQL builds an index concurrently only outside a transaction
+    # PostgreSQL builds an index concurrently only outside a transaction; elsewhere the
+    # migration is one transaction, as any.
+    atomic = connection.vendor != "postgresql"
 
     dependencies = [
         ('taskqueue', '0004_attempt_owner'),

@@ -293,7 +293,10 @@ class Task(models.Model):
             error_message=error_message[:MESSAGE_LIMIT],
         ).exists()
         if ended:
-            self.refresh_from_db()
+            try:
+                self.refresh_from_db()
+            except Task.DoesNotExist:  # deleted since: nothing is left to tell
+                return False
             events.task_changed(self)
             if self.status == self.Status.RETRYING:
                 self._cancel_if_stop_requested()

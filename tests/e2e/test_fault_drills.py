@@ -342,6 +342,8 @@ def test_an_end_and_next_lease_committed_but_their_reply_lost_run_the_next_task(
         task.refresh_from_db()
         assert (task.status, task.attempts) == ("completed", 1), task.error_message
         assert attempts_of(task) == [("completed", "")]
+    # The lost statement was the end with the lease: one statement, one timestamp for both.
+    assert second.leased_at == first.finished_at
 
 
 def test_cancel_racing_with_start_never_runs_a_cancelled_task(worker_process):

@@ -145,3 +145,32 @@ def test_0005_run_again_after_an_interruption_finishes_the_indexes(scratch) -> N
         db.execute("DROP INDEX taskqueue_task_finished")
     migrated(migrate(scratch))
     assert indexes(scratch) == indexes()
+
+
+def test_0005_undone_is_one_transaction_so_an_interrupted_undo_runs_again(scratch) -> None:
+    """`migrate taskqueue 0004` killed while it waits for a lock: what it had done is rolled
+    back, and the undo runs again to the end (statement by statement, the first run's
+    dropped foreign key and re-created index made the second fail)."""
+    migrated(migrate(scratch))
+    with psycopg.connect(scratch) as holder, psycopg.connect(scratch, autocommit=True) as watch:
+        holder.execute("SELECT count(*) FROM auth_user")  # a foreign key's re-add waits for it
+        undo = migrate(scratch, "taskqueue", "0004")
+        deadline = time.monotonic() + 60
+        waiting = (
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
+        )
+        while not (backend := watch.execute(waiting).fetchone()):
+            assert undo.poll() is None, undo.communicate()[0]
+            assert time.monotonic() < deadline, "the undo never waited for the lock"
+            time.sleep(0.05)
+        undo.kill()
+        undo.wait()
+        holder.rollback()
+        gone = "SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+        while watch.execute(gone, backend).fetchone():
+            assert time.monotonic() < deadline, "the killed undo's backend stayed"
+            time.sleep(0.05)
+    migrated(migrate(scratch, "taskqueue", "0004"))
+    migrated(migrate(scratch))
+    assert indexes(scratch) == indexes()
