@@ -133,6 +133,19 @@ def record_outcome(
     return WRITTEN if written else REFUSED
 
 
+def record_stopped(task: Task) -> str:
+    """End attempt `task.attempts` as stopped (`Task.stopped`), tried as `record_outcome`
+    tries its ends: WRITTEN, REFUSED or NOT_WRITTEN (the reconciler will end it stopped)."""
+    number = task.attempts
+    confirm = partial(task.ended_as, attempt=number, status=Task.Status.CANCELLED, **Task.STOPPED)
+    try:
+        written = _record(task.stopped, confirm, False, attempt=number)
+    except DatabaseError:
+        logger.exception("Task %s: the stop of attempt %s could not be recorded", task.pk, number)
+        return NOT_WRITTEN
+    return WRITTEN if written else REFUSED
+
+
 def retry_at_for(task: Task, outcome: dict[str, Any], delay: int | None) -> Any:
     """When a failed attempt is retried (`delay` seconds from now), or None if it is not."""
     if outcome["status"] != FAILED or not outcome.get("retryable") or delay is None:

@@ -64,6 +64,7 @@ from taskqueue.execution import (
     close_connections,
     defer,
     record_outcome,
+    record_stopped,
     retried,
     retry_at_for,
     skip,
@@ -604,7 +605,7 @@ class Worker(RQWorker):
             self._rq_superseded(attempt, outcome)
             return
         if outcome["status"] == STOPPED:
-            if not task.stopped(attempt=task.attempts):
+            if record_stopped(task) == REFUSED:
                 self._rq_superseded(attempt, outcome)
                 return
             self._stopped_job_id = job.id  # RQ marks the job stopped

@@ -315,10 +315,11 @@ class Task(models.Model):
         }
         return self._transition((self.Status.RETRYING,), values, stop_requested_at__isnull=False)
 
+    STOPPED = {"error_code": "stopped", "error_message": "Stopped while running."}
+
     def stopped(self, *, attempt: int) -> bool:
         """leased → cancelled: the worker confirmed it stopped the attempt."""
-        values = {"error_code": "stopped", "error_message": "Stopped while running."}
-        return self._end_attempt(attempt, self.Status.CANCELLED, values)
+        return self._end_attempt(attempt, self.Status.CANCELLED, self.STOPPED)
 
     def complete_and_lease(
         self, *, attempt: int, result: dict[str, Any], next_task: int, dispatch: int,

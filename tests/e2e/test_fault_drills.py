@@ -346,6 +346,28 @@ def test_an_end_and_next_lease_committed_but_their_reply_lost_run_the_next_task(
     assert second.leased_at == first.finished_at
 
 
+def test_a_stop_committed_but_its_reply_lost_leaves_the_worker_running(
+    worker_process, lossy_database
+):
+    """The end of a stopped attempt was written once, unguarded: the error of a lost reply
+    went up RQ's loop, and the worker quit."""
+    proxy, url = lossy_database
+    marker = f"stop-lost-{os.getpid()}"
+    task, _ = enqueue_task(
+        "diagnostic", {"action": "sleep", "seconds": 30, "marker": marker}, max_attempts=1
+    )
+    worker = worker_process(DATABASE_URL=url, **FAST)
+    wait_for(lambda: "start" in witness(marker), timeout=30)
+    proxy.lose_reply_to(b"Stopped while running.")  # the stopped attempt's end
+    cancel_task(task, wait=0)
+    wait_for(proxy.reply_lost.is_set, timeout=30)
+    after, _ = enqueue_task("ping")
+    wait_for(lambda: status_of(after) in Task.TERMINAL_STATUSES, timeout=30)
+    assert worker.poll() is None
+    assert (status_of(after), status_of(task)) == ("completed", "cancelled")
+    assert attempts_of(Task.objects.get(pk=task.pk)) == [("stopped", "stopped")]
+
+
 def test_cancel_racing_with_start_never_runs_a_cancelled_task(worker_process):
     worker_process()
     worker_process()
