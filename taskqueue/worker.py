@@ -468,6 +468,7 @@ class Worker(RQWorker):
         """RQ's bookkeeping of a started job (its prepare_execution, then what its horse
         does in prepare_job_execution) and the lease's event: one script call."""
         intermediate = queue.intermediate_queue_key if len(self.queues) == 1 else ""  # RQ's rule
+        self.execution = None  # until it is written (the last job's is not this one's)
         try:
             self.execution = bookkeeping.start(
                 self, job, keys=self._keys(queue), ttl=self.get_heartbeat_ttl(job),
@@ -580,10 +581,15 @@ class Worker(RQWorker):
         return report
 
     def _beat(self, attempt: Attempt, elapsed: float) -> None:
-        """Heartbeat RQ and the task row; learn of a stop, or of the attempt ended elsewhere."""
+        """Heartbeat RQ and the task row; learn of a stop, or of the attempt ended elsewhere.
+        RQ's start of the job, if Redis was away when it was written, is written now (RQ's
+        heartbeat is of its execution: there is none to beat before)."""
         try:
-            self.set_current_job_working_time(elapsed)
-            self.maintain_heartbeats(attempt.job)
+            if self.execution is None:
+                self._mark_started(attempt.job, attempt.queue)
+            if self.execution is not None:
+                self.set_current_job_working_time(elapsed)
+                self.maintain_heartbeats(attempt.job)
         except backend.RedisError as exc:
             self.log.warning("Worker %s: heartbeat to Redis failed: %s", self.name, exc)
         try:

@@ -25,8 +25,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 from django.conf import settings
+from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 from rq.exceptions import NoSuchJobError
@@ -41,6 +43,7 @@ from tests.e2e.test_fault_drills import FAST
 from tests.helpers import (
     ROOT,
     command_line,
+    database_url,
     free_port,
     http_status,
     stop_process_group,
@@ -604,6 +607,48 @@ def test_race2_redis_restarted_empty_while_a_task_runs_does_not_run_it_twice(
     assert final is not None and final.status == "completed", f"not completed: {story}"
     assert attempts == [(1, "completed", "")], f"the real outcome was not recorded: {story}"
     assert all(alive_workers), f"a worker did not survive the Redis restart: {story}"
+
+
+def test_redis_lost_between_the_pop_and_the_start_leaves_the_worker_running(
+    worker_process, private_redis, markers
+):
+    """Redis goes (and comes back empty) after a worker popped a job and before it wrote
+    RQ's start of it: the start is not written, and RQ's heartbeat of the execution it
+    never made raised an AttributeError out of RQ's loop, so the worker quit mid-task (its
+    attempt then ended lost by the reconciler, and run again beside the first). Seen once
+    in CI's race2; made certain here by holding the task's row so that the lease waits
+    while Redis is killed."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the drill holds a row lock (CI runs it on PostgreSQL)")
+    private_redis.start()
+    marker = new_marker("popstart")
+    markers.append(marker)
+    with override_settings(REDIS_URL=private_redis.url):
+        payload = {"action": "sleep", "seconds": 6, "marker": marker}
+        task, _ = enqueue_task("diagnostic", payload, max_attempts=1)
+        url = database_url()
+        with psycopg.connect(url) as holder, psycopg.connect(url, autocommit=True) as watch:
+            holder.execute("SELECT id FROM taskqueue_task WHERE id = %s FOR UPDATE", [task.pk])
+            worker = worker_process(REDIS_URL=private_redis.url, **FAST)
+            wait_for(
+                lambda: watch.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                ).fetchone(),
+                timeout=30,
+            )  # the worker has popped the job, and its lease waits for the row
+            private_redis.kill()
+        # The lease goes on, and RQ's start finds no Redis; the horse runs; the first
+        # heartbeat comes a second later, before Redis is back (empty).
+        wait_for(lambda: starts(marker), timeout=20)
+        time.sleep(2)
+        private_redis.start()
+        final = wait_terminal(task, timeout=20)
+        time.sleep(1)  # a worker on its way out would be gone by now
+    story = f"{row(task).status}, runs {starts(marker)}, worker exit {worker.poll()}"
+    assert worker.poll() is None, f"the worker quit: {story}"
+    assert final is not None and final.status == "completed", story
+    assert len(starts(marker)) == 1, story
 
 
 @pytest.mark.timeout(100)
