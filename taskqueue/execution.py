@@ -103,34 +103,29 @@ def record_outcome(
     `_record`).
     """
     number = task.attempts
-    try:
-        if outcome["status"] == COMPLETED:
-            confirm = partial(task.ended_as, attempt=number, status=Task.Status.COMPLETED)
-            written = _record(
-                task.complete, confirm, unconfirmed, attempt=number, result=outcome["result"]
-            )
-        else:
-            confirm = partial(
-                task.ended_as,
-                attempt=number,
-                status=Task.Status.RETRYING if retry_at else Task.Status.FAILED,
-                error_code=outcome["error_code"],
-                error_message=outcome["error_message"],
-            )
-            written = _record(
-                task.fail,
-                confirm,
-                unconfirmed,
-                attempt=number,
-                error_code=outcome["error_code"],
-                error_message=outcome["error_message"],
-                traceback=outcome.get("traceback", ""),
-                retry_at=retry_at,
-            )
-    except DatabaseError:
-        logger.exception("Task %s: the end of attempt %s could not be recorded", task.pk, number)
-        return NOT_WRITTEN
-    return WRITTEN if written else REFUSED
+    if outcome["status"] == COMPLETED:
+        confirm = partial(task.ended_as, attempt=number, status=Task.Status.COMPLETED)
+        return _record(
+            task, task.complete, confirm, unconfirmed, attempt=number, result=outcome["result"]
+        )
+    confirm = partial(
+        task.ended_as,
+        attempt=number,
+        status=Task.Status.RETRYING if retry_at else Task.Status.FAILED,
+        error_code=outcome["error_code"],
+        error_message=outcome["error_message"],
+    )
+    return _record(
+        task,
+        task.fail,
+        confirm,
+        unconfirmed,
+        attempt=number,
+        error_code=outcome["error_code"],
+        error_message=outcome["error_message"],
+        traceback=outcome.get("traceback", ""),
+        retry_at=retry_at,
+    )
 
 
 def record_stopped(task: Task) -> str:
@@ -138,12 +133,7 @@ def record_stopped(task: Task) -> str:
     tries its ends: WRITTEN, REFUSED or NOT_WRITTEN (the reconciler will end it stopped)."""
     number = task.attempts
     confirm = partial(task.ended_as, attempt=number, status=Task.Status.CANCELLED, **Task.STOPPED)
-    try:
-        written = _record(task.stopped, confirm, False, attempt=number)
-    except DatabaseError:
-        logger.exception("Task %s: the stop of attempt %s could not be recorded", task.pk, number)
-        return NOT_WRITTEN
-    return WRITTEN if written else REFUSED
+    return _record(task, task.stopped, confirm, False, attempt=number)
 
 
 def retry_at_for(task: Task, outcome: dict[str, Any], delay: int | None) -> Any:
@@ -172,13 +162,24 @@ def retried(call: Callable[[bool], T]) -> T:
 
 
 def _record(
-    write: Callable[..., bool], confirm: Callable[[], bool], unconfirmed: bool, **values: Any
-) -> bool:
-    """`write(**values)`, retried. A try that raised may have committed all the same (the
-    connection dropped after the statement was sent): a refusal after such a try is the
-    end's own if `confirm()` finds it in the row, and then it counts as written (else the end
-    looks like the reconciler's, and RQ would never hear of it)."""
-    return retried(lambda again: write(**values) or ((again or unconfirmed) and confirm()))
+    task: Task,
+    write: Callable[..., bool],
+    confirm: Callable[[], bool],
+    unconfirmed: bool,
+    **values: Any,
+) -> str:
+    """`write(**values)`, an end of `task`'s attempt, retried: WRITTEN, REFUSED or
+    NOT_WRITTEN. A try that raised may have committed all the same (the connection dropped
+    after the statement was sent): a refusal after such a try is the end's own if
+    `confirm()` finds it in the row, and then it counts as written (else the end looks like
+    the reconciler's, and RQ would never hear of it)."""
+    try:
+        written = retried(lambda again: write(**values) or ((again or unconfirmed) and confirm()))
+    except DatabaseError:
+        logger.exception("Task %s: the end of attempt %s could not be recorded", task.pk,
+                         task.attempts)  # fmt: skip
+        return NOT_WRITTEN
+    return WRITTEN if written else REFUSED
 
 
 def run_task(task_id: int, dispatch: int = 0) -> dict[str, Any]:
