@@ -4,6 +4,12 @@ Starts its own servers on loopback — a fresh Redis, PostgreSQL when one answer
 127.0.0.1:5432 (a database of its own; else SQLite), uvicorn with 2 workers, rqworker
 processes — runs every scenario with its reference, and writes bench/results/latest.json
 and latest.md (medians of several repeats and the ratio to the reference).
+
+Both servers are reached the same way, so that no engine gets the cheaper transport: by
+their unix sockets (PostgreSQL's where the local server has one), or with `--tcp` both on
+loopback TCP. Raw RQ talks to Redis only, the mirror and Celery to PostgreSQL too: with
+Redis on a socket and PostgreSQL on TCP (the bench until 2026-12-07) every round trip of
+the mirror's paid the dearer transport, raw RQ's none.
 """
 
 import argparse
@@ -12,6 +18,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -20,6 +27,7 @@ import time
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import psutil
 
@@ -37,25 +45,38 @@ def log(message: str) -> None:
     print(f"[{datetime.now():%H:%M:%S}] {message}", flush=True)
 
 
-def database_url(workdir: Path) -> str:
+# Where the local PostgreSQL server keeps its socket (Debian's, the default of libpq there).
+PG_SOCKET_DIR = Path(os.environ.get("BENCH_PG_SOCKET_DIR", "/var/run/postgresql"))
+
+
+def database_url(workdir: Path, *, tcp: bool = False) -> str:
     """A PostgreSQL database of the bench's own when the local server answers, else SQLite.
-    BENCH_DATABASE names it (taskqueue_bench), so that two runs at once keep apart."""
+    BENCH_DATABASE names it (taskqueue_bench), so that two runs at once keep apart. Reached
+    by the server's unix socket when it has one (unless `tcp`), else 127.0.0.1:5432."""
     name = os.environ.get("BENCH_DATABASE", "taskqueue_bench")
     probe = subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False)
     if probe.returncode == 0 and shutil.which("psql"):
         for sql in (f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"):
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql], check=True)
+        if not tcp and (PG_SOCKET_DIR / ".s.PGSQL.5432").exists():
+            return f"postgres://postgres@{quote(str(PG_SOCKET_DIR), safe='')}/{name}"
         return f"postgres://postgres@127.0.0.1:5432/{name}"
     return f"sqlite:///{workdir / 'bench.sqlite3'}"
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class Bench:
-    def __init__(self, workdir: Path, redis_url: str, quick: bool) -> None:
+    def __init__(self, workdir: Path, redis_url: str, quick: bool, *, tcp: bool = False) -> None:
         self.workdir, self.quick = workdir, quick
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "bench.settings",
-            "DATABASE_URL": database_url(workdir),
+            "DATABASE_URL": database_url(workdir, tcp=tcp),
             "REDIS_URL": redis_url,
             "VAR_DIR": str(workdir),
             "ENQUEUE_THROTTLE_RATE": "100000000/min",
@@ -67,6 +88,17 @@ class Bench:
         os.environ.update(self.env)
         self.processes: list[subprocess.Popen] = []
         self.repeats = 2 if quick else 3
+
+    def servers(self) -> str:
+        """How the engines reach PostgreSQL and Redis, for the results' heading."""
+
+        def way(url: str) -> str:
+            return "loopback TCP" if "127.0.0.1" in url else "a unix socket"
+
+        database, redis = self.env["DATABASE_URL"], self.env["REDIS_URL"]
+        if database.startswith("sqlite"):
+            return f"SQLite; Redis on {way(redis)}"
+        return f"PostgreSQL on {way(database)}, Redis on {way(redis)}"
 
     # -- processes ---------------------------------------------------------------------
 
@@ -766,8 +798,11 @@ def markdown(results: dict) -> str:
         f"{results['throughput']['database']}; medians of {results['repeats']} runs.",
         "",
     ]
+    if "servers" in results:
+        out += [f"Servers: {results['servers']}.", ""]
     for rerun in results.get("partial_reruns", []):
-        out += [f"Re-run {rerun['when']}: {', '.join(rerun['scenarios'])}.", ""]
+        servers = f" (servers: {rerun['servers']})" if "servers" in rerun else ""
+        out += [f"Re-run {rerun['when']}: {', '.join(rerun['scenarios'])}{servers}.", ""]
     enq = results["enqueue"]
     bare = enq["bare view: INSERT + enqueue"]
     out += [
@@ -928,13 +963,15 @@ def main() -> None:
     parser.add_argument("--operations", nargs="*", choices=Bench.OPERATIONS,
                         default=Bench.OPERATIONS, help="the operations scenario's operations")  # fmt: skip
     parser.add_argument("--no-save", action="store_true", help="print, keep old results")
+    parser.add_argument("--tcp", action="store_true",
+                        help="PostgreSQL and Redis on loopback TCP, not unix sockets")  # fmt: skip
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install wrk (make bench does it)")
     workdir = Path(tempfile.mkdtemp(prefix="tq-bench-"))
     RESULTS.mkdir(exist_ok=True)
-    with embedded_redis(workdir / "redis") as redis_url:
-        bench = Bench(workdir, redis_url, args.quick)
+    with embedded_redis(workdir / "redis", tcp_port=free_port() if args.tcp else None) as redis_url:
+        bench = Bench(workdir, redis_url, args.quick, tcp=args.tcp)
         bench.worker_counts = [int(n) for n in args.workers.split(",")]
         bench.operation_names = args.operations
         try:
@@ -945,6 +982,7 @@ def main() -> None:
                 f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}",
                 "repeats": bench.repeats,
                 "quick": args.quick,
+                "servers": bench.servers(),
             }
             scenarios = ("enqueue", "status", "throughput", "memory", "operations", "limits",
                          "django_tasks")  # fmt: skip
@@ -967,7 +1005,7 @@ def main() -> None:
             **{k: v for k, v in results.items() if k in args.only},
             "partial_reruns": [
                 *previous.get("partial_reruns", []),
-                {"when": results["when"], "scenarios": args.only},
+                {"when": results["when"], "scenarios": args.only, "servers": results["servers"]},
             ],
         }
     results = json.loads(json.dumps(results, default=str))

@@ -52,11 +52,12 @@ def redis_server_binary() -> str:
     return found
 
 
-def _ping(path: Path) -> bool:
+def _ping(address: Path | tuple[str, int]) -> bool:
     try:
-        with socket.socket(socket.AF_UNIX) as sock:
+        family = socket.AF_INET if isinstance(address, tuple) else socket.AF_UNIX
+        with socket.socket(family) as sock:
             sock.settimeout(0.5)
-            sock.connect(str(path))
+            sock.connect(address if isinstance(address, tuple) else str(address))
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
@@ -64,8 +65,11 @@ def _ping(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def embedded_redis(directory: Path, *, persist: bool = False) -> Iterator[str]:
-    """Start redis-server on a unix socket in `directory`; yield its URL; stop it after."""
+def embedded_redis(
+    directory: Path, *, persist: bool = False, tcp_port: int | None = None
+) -> Iterator[str]:
+    """Start redis-server on a unix socket in `directory` (or, given `tcp_port`, on that
+    loopback port: the bench's TCP set-up); yield its URL; stop it after."""
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     sock = directory / "redis.sock"
@@ -73,11 +77,13 @@ def embedded_redis(directory: Path, *, persist: bool = False) -> Iterator[str]:
         if _ping(sock):
             sys.exit(f"An embedded Redis is already running on {sock}; stop it first.")
         sock.unlink()
+    listen = ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
+    address: Path | tuple[str, int] = sock
+    if tcp_port is not None:
+        listen, address = ["--port", str(tcp_port), "--bind", "127.0.0.1"], ("127.0.0.1", tcp_port)
     command = [
         redis_server_binary(),
-        "--port", "0",
-        "--unixsocket", str(sock),
-        "--unixsocketperm", "700",
+        *listen,
         "--dir", str(directory),
         "--logfile", str(directory / "redis.log"),
         "--save", "60 1" if persist else "",
@@ -87,11 +93,11 @@ def embedded_redis(directory: Path, *, persist: bool = False) -> Iterator[str]:
     process = subprocess.Popen(command, start_new_session=True, preexec_fn=die_with_parent)  # noqa: PLW1509
     try:
         deadline = time.monotonic() + 15
-        while not _ping(sock):
+        while not _ping(address):
             if process.poll() is not None or time.monotonic() > deadline:
                 sys.exit(f"The embedded Redis did not start; see {directory / 'redis.log'}.")
             time.sleep(0.05)
-        yield f"unix://{sock}"
+        yield f"redis://127.0.0.1:{tcp_port}/0" if tcp_port is not None else f"unix://{sock}"
     finally:
         process.terminate()
         try:

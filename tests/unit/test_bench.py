@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench.run import RESULTS, Bench, markdown
 
 
@@ -24,3 +26,32 @@ def test_cpu_per_task_leaves_out_server_processes_that_came_or_went() -> None:
         "cpu_postgres_ms": 1.0,
         "cpu_redis_ms": 0.0,
     }
+
+
+def test_the_bench_can_put_its_redis_on_loopback_tcp(tmp_path) -> None:
+    """`bench/run.py --tcp`: its Redis on a loopback port, so that PostgreSQL and Redis are
+    reached the same way (a real redis-server, stopped after)."""
+    import redis
+
+    from bench.run import free_port
+    from scripts.embedded_redis import embedded_redis
+
+    port = free_port()
+    with embedded_redis(tmp_path / "redis", tcp_port=port) as url:
+        assert url == f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url)
+        assert client.ping()
+        assert client.connection_pool.connection_kwargs["port"] == port
+        client.close()
+    with pytest.raises(redis.ConnectionError):  # stopped with the block
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+
+
+def test_the_results_say_how_the_servers_were_reached(tmp_path) -> None:
+    bench = Bench.__new__(Bench)
+    bench.env = {"DATABASE_URL": "postgres://postgres@%2Fvar%2Frun%2Fpostgresql/b",
+                 "REDIS_URL": "unix:///tmp/r.sock"}  # fmt: skip
+    assert bench.servers() == "PostgreSQL on a unix socket, Redis on a unix socket"
+    bench.env = {"DATABASE_URL": "postgres://postgres@127.0.0.1:5432/b",
+                 "REDIS_URL": "redis://127.0.0.1:4100/0"}  # fmt: skip
+    assert bench.servers() == "PostgreSQL on loopback TCP, Redis on loopback TCP"
