@@ -58,10 +58,20 @@ def database_url(workdir: Path, *, tcp: bool = False) -> str:
     if probe.returncode == 0 and shutil.which("psql"):
         for sql in (f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"):
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql], check=True)
-        if not tcp and (PG_SOCKET_DIR / ".s.PGSQL.5432").exists():
+        if not tcp and _socket_admits_us(name):
             return f"postgres://postgres@{quote(str(PG_SOCKET_DIR), safe='')}/{name}"
         return f"postgres://postgres@127.0.0.1:5432/{name}"
     return f"sqlite:///{workdir / 'bench.sqlite3'}"
+
+
+def _socket_admits_us(name: str) -> bool:
+    """Whether the server's socket is there and lets us in (its pg_hba.conf may ask for
+    peer authentication on local connections where TCP trusts)."""
+    if not (PG_SOCKET_DIR / ".s.PGSQL.5432").exists():
+        return False
+    command = ["psql", "-h", str(PG_SOCKET_DIR), "-U", "postgres", "-d", name, "-qAtc", "SELECT 1"]
+    probe = subprocess.run(command, capture_output=True, check=False)
+    return probe.returncode == 0
 
 
 def free_port() -> int:
