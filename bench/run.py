@@ -18,7 +18,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -72,12 +71,6 @@ def _socket_admits_us(name: str) -> bool:
     command = ["psql", "-h", str(PG_SOCKET_DIR), "-U", "postgres", "-d", name, "-qAtc", "SELECT 1"]
     probe = subprocess.run(command, capture_output=True, check=False)
     return probe.returncode == 0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Bench:
@@ -980,7 +973,7 @@ def main() -> None:
         sys.exit("wrk is needed: apt-get install wrk (make bench does it)")
     workdir = Path(tempfile.mkdtemp(prefix="tq-bench-"))
     RESULTS.mkdir(exist_ok=True)
-    with embedded_redis(workdir / "redis", tcp_port=free_port() if args.tcp else None) as redis_url:
+    with embedded_redis(workdir / "redis", tcp=args.tcp) as redis_url:
         bench = Bench(workdir, redis_url, args.quick, tcp=args.tcp)
         bench.worker_counts = [int(n) for n in args.workers.split(",")]
         bench.operation_names = args.operations

@@ -52,12 +52,20 @@ def redis_server_binary() -> str:
     return found
 
 
-def _ping(address: Path | tuple[str, int]) -> bool:
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (as of now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ping(address: str | tuple[str, int]) -> bool:
+    """Whether a Redis answers PING at a unix socket's path or a (host, port)."""
+    family = socket.AF_INET if isinstance(address, tuple) else socket.AF_UNIX
     try:
-        family = socket.AF_INET if isinstance(address, tuple) else socket.AF_UNIX
         with socket.socket(family) as sock:
             sock.settimeout(0.5)
-            sock.connect(address if isinstance(address, tuple) else str(address))
+            sock.connect(address)
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
@@ -65,22 +73,24 @@ def _ping(address: Path | tuple[str, int]) -> bool:
 
 
 @contextlib.contextmanager
-def embedded_redis(
-    directory: Path, *, persist: bool = False, tcp_port: int | None = None
-) -> Iterator[str]:
-    """Start redis-server on a unix socket in `directory` (or, given `tcp_port`, on that
-    loopback port: the bench's TCP set-up); yield its URL; stop it after."""
+def embedded_redis(directory: Path, *, persist: bool = False, tcp: bool = False) -> Iterator[str]:
+    """Start redis-server on a unix socket in `directory` (with `tcp`, on a free loopback
+    port instead: the bench's TCP set-up); yield its URL; stop it after."""
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     sock = directory / "redis.sock"
     if sock.exists():
-        if _ping(sock):
+        if _ping(str(sock)):
             sys.exit(f"An embedded Redis is already running on {sock}; stop it first.")
         sock.unlink()
-    listen = ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
-    address: Path | tuple[str, int] = sock
-    if tcp_port is not None:
-        listen, address = ["--port", str(tcp_port), "--bind", "127.0.0.1"], ("127.0.0.1", tcp_port)
+    if tcp:
+        port = free_port()
+        listen, address = ["--port", str(port), "--bind", "127.0.0.1"], ("127.0.0.1", port)
+        url = f"redis://127.0.0.1:{port}/0"
+    else:
+        listen = ["--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700"]
+        address = str(sock)
+        url = f"unix://{sock}"
     command = [
         redis_server_binary(),
         *listen,
@@ -97,7 +107,7 @@ def embedded_redis(
             if process.poll() is not None or time.monotonic() > deadline:
                 sys.exit(f"The embedded Redis did not start; see {directory / 'redis.log'}.")
             time.sleep(0.05)
-        yield f"redis://127.0.0.1:{tcp_port}/0" if tcp_port is not None else f"unix://{sock}"
+        yield url
     finally:
         process.terminate()
         try:

@@ -4,7 +4,6 @@ import contextlib
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -17,6 +16,8 @@ import psutil
 import pytest
 from django.conf import settings
 from django.db import connection
+
+from scripts.embedded_redis import free_port  # noqa: F401  (the tests' one too)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,12 +102,6 @@ def age(path: Path, hours: float) -> None:
     """Set a path's modification time `hours` ago, without following a symlink."""
     moment = time.time() - hours * 3600
     os.utime(path, (moment, moment), follow_symlinks=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_status(url: str, **headers: str) -> int | None:
